@@ -1,0 +1,86 @@
+// dnstap protobuf -> DnstapMessage (code generated from proto/dnstap.proto), with both DNS
+// payloads parsed by dns.hpp. Two tiers of failure: a frame that is not a dnstap Message is
+// dropped and counted; a bad DNS payload inside a good frame is kept with its error.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "dnstap_collector/dns.hpp"
+
+namespace dnstap_collector {
+
+// Values are those of dnstap.proto.
+enum class MessageType : std::uint8_t {
+    unknown = 0,
+    auth_query = 1, auth_response, resolver_query, resolver_response, client_query,
+    client_response, forwarder_query, forwarder_response, stub_query, stub_response,
+    tool_query, tool_response, update_query, update_response,
+};
+enum class SocketFamily : std::uint8_t { unknown = 0, inet = 1, inet6 = 2 };
+enum class SocketProtocol : std::uint8_t {
+    unknown = 0, udp = 1, tcp, dot, doh, dnscrypt_udp, dnscrypt_tcp, doq,
+};
+
+bool is_query(MessageType t) noexcept;                  // odd values: *_QUERY
+std::string_view kind_of(MessageType t) noexcept;        // "client", "resolver", "auth", ...
+std::string_view short_name(MessageType t) noexcept;     // "CQ", "CR", "AQ", ... as dnstap-read
+std::string_view to_string(MessageType t) noexcept;      // "CLIENT_QUERY", ...
+std::string_view to_string(SocketProtocol p) noexcept;   // "udp", "tcp", "dot", "doh", "doq", ...
+
+struct IpAddress {
+    std::array<std::uint8_t, 16> bytes{};
+    std::uint8_t length = 0;  // 0 (absent), 4 or 16
+    bool empty() const noexcept { return length == 0; }
+    std::string to_string() const;  // "192.0.2.1", "2001:db8::1", "" when empty
+    friend bool operator==(const IpAddress&, const IpAddress&) = default;
+};
+
+struct Policy {
+    std::string type, rule, action, match, value;  // presentation; empty when absent
+    bool present = false;
+};
+
+struct DnstapMessage {
+    std::string identity;
+    std::string version;
+    std::string extra;
+    MessageType type = MessageType::unknown;
+    SocketFamily family = SocketFamily::unknown;
+    SocketProtocol protocol = SocketProtocol::unknown;
+    IpAddress query_address, response_address;
+    std::uint32_t query_port = 0, response_port = 0;
+    bool has_query_port = false, has_response_port = false;
+    std::int64_t query_time_ns = -1;     // unix epoch ns, -1 when absent
+    std::int64_t response_time_ns = -1;
+    std::string query_zone;              // presentation, empty when absent
+    std::optional<DnsMessage> query;     // parsed query_message
+    std::optional<DnsMessage> response;  // parsed response_message
+    Policy policy;
+    std::uint8_t http_protocol = 0;
+    std::uint32_t frame_size = 0;
+
+    // The DNS message that identifies this event (response for responses, else query).
+    const DnsMessage* primary() const noexcept;
+    std::int64_t event_time_ns() const noexcept;  // response time for responses, else query time
+};
+
+enum class DecodeStatus { ok, dns_error, bad_protobuf, not_message };
+
+// Full decode. `ok` or `dns_error` (kept, with DnsMessage::error set) fill `out`.
+DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& out);
+
+// Cheap scan of the raw frame for the fields of the pairing key (addresses, ports, DNS id,
+// protocol, identity) so ingest can route a frame to the worker that owns its pairing
+// table without a full decode. Same hash for a query and its response.
+std::uint64_t route_hash(std::span<const std::uint8_t> frame) noexcept;
+
+// Text line like dnstap-read's default output, and a JSON object, for `read` and `tail`.
+std::string format_text(const DnstapMessage& m);
+std::string format_json(const DnstapMessage& m);
+
+}  // namespace dnstap_collector

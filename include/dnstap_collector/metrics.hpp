@@ -1,0 +1,63 @@
+// Counters shared by every stage. Lock-free atomics; rendering to Prometheus text lives in
+// src/metrics. Every message is accounted for exactly once: stored, or dropped with a reason.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace dnstap_collector {
+
+enum class DropReason : std::size_t {
+    queue_full,        // ingest -> worker queue full (named is never made to wait)
+    frame_too_large,   // data frame above max_frame_size
+    partial_frame,     // connection closed inside a frame
+    decode_error,      // protobuf that does not parse, or not a dnstap Message
+    sink_full,         // rows could not be handed to the sink in time
+    spool_full,        // database away and spool full
+    row_rejected,      // PostgreSQL rejected the row even on its own
+    filtered,          // excluded by configuration (privacy / kinds / names)
+    shutdown,          // still in memory when the shutdown bound ran out
+    count_
+};
+std::string_view to_string(DropReason r) noexcept;
+
+struct Metrics {
+    using Counter = std::atomic<std::uint64_t>;
+
+    Counter connections_total{0};
+    Counter connections_active{0};
+    Counter connections_rejected{0};   // handshake refused, protocol errors
+    Counter frames_received{0};        // dnstap data frames read off sockets / files
+    Counter bytes_received{0};
+    Counter frames_accepted{0};        // handed to a worker queue
+    std::array<Counter, static_cast<std::size_t>(DropReason::count_)> dropped{};
+    // Frames dropped before decode cannot be attributed to a message; messages dropped after
+    // decode are counted once per message, so frames_received == messages_stored + sum(dropped).
+    Counter messages_decoded{0};
+    Counter dns_parse_errors{0};       // DNS payload bad but row kept with what parsed
+    Counter messages_stored{0};        // messages inside rows PostgreSQL (or the file) took
+    Counter pairs_matched{0};
+    Counter queries_timed_out{0};
+    Counter responses_orphaned{0};
+    Counter duplicates{0};
+    Counter rows_written{0};
+    Counter batches_written{0};
+    Counter batch_latency_us_sum{0};
+    Counter spool_bytes{0};
+    Counter database_up{0};
+    Counter queue_depth{0};
+
+    void drop(DropReason r, std::uint64_t n = 1) noexcept {
+        dropped[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);
+    }
+    std::uint64_t dropped_total() const noexcept;
+    // One line, key=value, for logs and for tests that check the accounting invariant.
+    std::string summary() const;
+    // Prometheus text exposition format.
+    std::string prometheus() const;
+};
+
+}  // namespace dnstap_collector

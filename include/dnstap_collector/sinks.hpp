@@ -1,0 +1,101 @@
+// Sinks: where exchanges (and raw frames) end up. PostgreSQL (dnstap.exchange + dnstap.pdns,
+// binary COPY, batches, spool when the database is away) and a Frame Streams file writer.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dnstap_collector/pair.hpp"
+
+namespace dnstap_collector {
+
+struct Metrics;
+
+// Takes batches of exchanges from the workers. May wait a bounded time when its own queue is
+// full; what it cannot take is counted as dropped (sink_full), never silently lost.
+class ExchangeSink {
+public:
+    virtual ~ExchangeSink() = default;
+    virtual void consume(std::vector<Exchange>&& batch) = 0;
+};
+
+// Fans a batch out to several sinks (e.g. PostgreSQL and tail).
+class SinkSet : public ExchangeSink {
+public:
+    void add(ExchangeSink& sink) { sinks_.push_back(&sink); }
+    void consume(std::vector<Exchange>&& batch) override;
+    bool empty() const noexcept { return sinks_.empty(); }
+private:
+    std::vector<ExchangeSink*> sinks_;
+};
+
+enum class PartitionWidth { hour, day };
+
+struct PostgresOptions {
+    std::string conninfo;                                 // libpq conninfo or URI; PG* env also works
+    std::size_t batch_rows = 20'000;                      // flush at this many rows...
+    std::chrono::milliseconds flush_interval{250};        // ...or this long after the first row
+    std::size_t queue_rows = 200'000;                     // rows waiting for the writer
+    PartitionWidth partition_width = PartitionWidth::day;
+    int partitions_ahead = 3;
+    int retention_days = 30;                              // 0: keep forever
+    std::string spool_dir;                                // empty: no spool
+    std::uint64_t spool_max_bytes = 1ull << 30;
+    bool pdns = true;                                     // maintain dnstap.pdns
+    std::chrono::seconds shutdown_timeout{10};
+};
+
+// Applies schema/NNN_*.sql in order under an advisory lock; idempotent; throws
+// std::runtime_error when the database has a newer schema than this binary knows.
+void migrate_database(const std::string& conninfo);
+int latest_schema_version() noexcept;
+
+class PostgresSink : public ExchangeSink {
+public:
+    PostgresSink(PostgresOptions options, Metrics& metrics);
+    ~PostgresSink() override;  // stop() if still running
+    PostgresSink(const PostgresSink&) = delete;
+    PostgresSink& operator=(const PostgresSink&) = delete;
+
+    // Connects, migrates, creates partitions, starts the writer thread. A database that is not
+    // reachable is logged (host and reason) and retried in the background; the spool takes the
+    // rows meanwhile.
+    void start();
+    void consume(std::vector<Exchange>&& batch) override;
+    // Drains what is queued within options.shutdown_timeout; what is left goes to the spool or
+    // is counted (DropReason::shutdown).
+    void stop();
+    bool database_up() const noexcept;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+struct FileSinkOptions {
+    std::string path;              // strftime patterns allowed when split_seconds > 0
+    int split_seconds = 0;         // 0: one file
+    bool localtime = false;        // strftime in local time instead of UTC
+};
+
+// Writes raw frames to a Frame Streams file (START with content type, frames, STOP), the
+// format fstrm_capture writes. Runs its own thread behind a bounded queue.
+class FileSink {
+public:
+    FileSink(FileSinkOptions options, Metrics& metrics);
+    ~FileSink();
+    void start();
+    bool offer(std::span<const std::uint8_t> frame);  // never blocks
+    void rotate();   // SIGUSR1: finish the file and open the next
+    void reopen();   // SIGHUP: same as rotate (log rotation tools moved the file)
+    void stop();     // finishes the file with STOP
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dnstap_collector

@@ -1,0 +1,310 @@
+#include "dnstap_collector/config.hpp"
+
+#include <charconv>
+#include <functional>
+#include <sstream>
+#include <string_view>
+
+#include <toml++/toml.h>
+
+#include "dnstap_collector/frame.hpp"
+
+namespace dnstap_collector {
+
+namespace {
+
+// One table of options: each is a flag and a TOML key, and both go through the same setter,
+// so the two can never disagree.
+struct Option {
+    std::string_view flag;        // long flag without "--"
+    char short_flag;              // 0: none
+    std::string_view key;         // "section.key" in the TOML file; empty: command line only
+    bool takes_value;
+    std::string_view help;
+    std::function<void(Config&, const std::string&)> set;
+};
+
+template <typename T>
+T parse_number(const std::string& value, std::string_view what, T min, T max) {
+    T out{};
+    auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), out);
+    if (ec != std::errc() || ptr != value.data() + value.size() || out < min || out > max) {
+        std::ostringstream msg;
+        msg << what << ": '" << value << "' is not a number between " << min << " and " << max;
+        throw ConfigError(msg.str());
+    }
+    return out;
+}
+
+bool parse_bool(const std::string& value, std::string_view what) {
+    if (value == "true" || value == "yes" || value == "1" || value == "on") return true;
+    if (value == "false" || value == "no" || value == "0" || value == "off") return false;
+    throw ConfigError(std::string(what) + ": '" + value + "' is not true or false");
+}
+
+PostgresOptions& pg(Config& c) {
+    if (!c.postgres) c.postgres.emplace();
+    return *c.postgres;
+}
+FileSinkOptions& file(Config& c) {
+    if (!c.file) c.file.emplace();
+    return *c.file;
+}
+
+TcpListenerOptions parse_tcp(const std::string& value) {
+    TcpListenerOptions tcp;
+    std::string host = value;
+    std::string port;
+    if (!value.empty() && value.front() == '[') {  // [::1]:6000
+        auto close = value.find(']');
+        if (close == std::string::npos) throw ConfigError("tcp: bad address '" + value + "'");
+        host = value.substr(1, close - 1);
+        if (close + 1 < value.size() && value[close + 1] == ':') port = value.substr(close + 2);
+    } else if (auto colon = value.rfind(':'); colon != std::string::npos && value.find(':') == colon) {
+        host = value.substr(0, colon);
+        port = value.substr(colon + 1);
+    }
+    tcp.host = host.empty() ? "127.0.0.1" : host;
+    if (!port.empty()) tcp.port = parse_number<std::uint16_t>(port, "tcp port", 1, 65535);
+    return tcp;
+}
+
+std::chrono::milliseconds parse_seconds(const std::string& value, std::string_view what) {
+    double seconds = 0;
+    std::istringstream in(value);
+    if (!(in >> seconds) || !in.eof() || seconds < 0 || seconds > 86400)
+        throw ConfigError(std::string(what) + ": '" + value + "' is not a number of seconds");
+    return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+}
+
+const std::vector<Option>& options() {
+    static const std::vector<Option> all = {
+        {"config", 0, "", true, "TOML configuration file", [](Config& c, const std::string& v) { c.config_file = v; }},
+        {"check", 0, "", false, "validate the configuration and exit", [](Config& c, const std::string&) { c.check_only = true; }},
+        {"json", 0, "", false, "JSON output (read, tail)", [](Config& c, const std::string&) { c.json = true; }},
+        {"unix", 'u', "listen.unix", true, "Unix socket to listen on (repeatable)",
+         [](Config& c, const std::string& v) { c.ingest.unix_sockets.push_back({v, 0660, ""}); }},
+        {"socket-mode", 0, "listen.socket_mode", true, "mode of the Unix sockets (octal, default 0660)",
+         [](Config& c, const std::string& v) {
+             unsigned mode = 0;
+             auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), mode, 8);
+             if (ec != std::errc() || p != v.data() + v.size() || mode > 0777)
+                 throw ConfigError("socket mode: '" + v + "' is not an octal mode like 0660");
+             c.socket_mode = mode;
+         }},
+        {"socket-group", 0, "listen.socket_group", true, "group of the Unix sockets (default: bind, if it exists)",
+         [](Config& c, const std::string& v) { c.socket_group = v; }},
+        {"tcp", 'a', "listen.tcp", true, "TCP address to listen on, HOST[:PORT] (repeatable)",
+         [](Config& c, const std::string& v) { c.ingest.tcp.push_back(parse_tcp(v)); }},
+        {"port", 'p', "listen.port", true, "TCP port for -a HOST (as fstrm_capture)",
+         [](Config& c, const std::string& v) { c.tcp_port = parse_number<std::uint16_t>(v, "port", 1, 65535); }},
+        {"tcp-allow", 0, "listen.tcp_allow", true, "source network allowed over TCP, CIDR (repeatable)",
+         [](Config& c, const std::string& v) { c.ingest.tcp_allow.push_back(v); }},
+        {"type", 't', "listen.content_type", true, "content type (only protobuf:dnstap.Dnstap)",
+         [](Config&, const std::string& v) {
+             if (v != dnstap_content_type) throw ConfigError("type: only " + std::string(dnstap_content_type) + " is supported");
+         }},
+        {"max-frame-size", 0, "listen.max_frame_size", true, "largest data frame accepted, bytes (default 1 MiB)",
+         [](Config& c, const std::string& v) { c.ingest.max_frame_size = parse_number<std::size_t>(v, "max frame size", 512, 1u << 30); }},
+        {"handshake-timeout", 0, "listen.handshake_timeout", true, "seconds a sender has to start (default 10)",
+         [](Config& c, const std::string& v) { c.ingest.handshake_timeout = std::chrono::seconds(parse_number<int>(v, "handshake timeout", 1, 3600)); }},
+        {"workers", 0, "pipeline.workers", true, "decode/pair workers (default: cores)",
+         [](Config& c, const std::string& v) { c.pipeline.workers = parse_number<unsigned>(v, "workers", 1, 256); }},
+        {"queue-frames", 0, "pipeline.queue_frames", true, "frames waiting for workers before drops (default 262144)",
+         [](Config& c, const std::string& v) { c.pipeline.queue_frames = parse_number<std::size_t>(v, "queue frames", 1, 1u << 28); }},
+        {"query-timeout", 0, "pipeline.query_timeout", true, "seconds a query waits for its response (default 10)",
+         [](Config& c, const std::string& v) { c.pipeline.pairing.query_timeout = parse_seconds(v, "query timeout"); }},
+        {"response-grace", 0, "pipeline.response_grace", true, "seconds a response waits for its query (default 1)",
+         [](Config& c, const std::string& v) { c.pipeline.pairing.response_grace = parse_seconds(v, "response grace"); }},
+        {"postgres", 0, "postgres.conninfo", true, "libpq conninfo or URI (PG* variables also work)",
+         [](Config& c, const std::string& v) { pg(c).conninfo = v; }},
+        {"batch-rows", 0, "postgres.batch_rows", true, "rows per COPY batch (default 20000)",
+         [](Config& c, const std::string& v) { pg(c).batch_rows = parse_number<std::size_t>(v, "batch rows", 1, 10'000'000); }},
+        {"flush-interval", 0, "postgres.flush_interval", true, "seconds before a partial batch is written (default 0.25)",
+         [](Config& c, const std::string& v) { pg(c).flush_interval = parse_seconds(v, "flush interval"); }},
+        {"partition", 0, "postgres.partition", true, "partition width: day or hour (default day)",
+         [](Config& c, const std::string& v) {
+             if (v == "day") pg(c).partition_width = PartitionWidth::day;
+             else if (v == "hour") pg(c).partition_width = PartitionWidth::hour;
+             else throw ConfigError("partition: '" + v + "' is not day or hour");
+         }},
+        {"partitions-ahead", 0, "postgres.partitions_ahead", true, "partitions created ahead (default 3)",
+         [](Config& c, const std::string& v) { pg(c).partitions_ahead = parse_number<int>(v, "partitions ahead", 0, 1000); }},
+        {"retention-days", 0, "postgres.retention_days", true, "days of exchanges kept, 0 for ever (default 30)",
+         [](Config& c, const std::string& v) { pg(c).retention_days = parse_number<int>(v, "retention days", 0, 100000); }},
+        {"spool-dir", 0, "postgres.spool_dir", true, "directory for batches while PostgreSQL is away",
+         [](Config& c, const std::string& v) { pg(c).spool_dir = v; }},
+        {"spool-max-bytes", 0, "postgres.spool_max_bytes", true, "spool size limit in bytes (default 1 GiB)",
+         [](Config& c, const std::string& v) { pg(c).spool_max_bytes = parse_number<std::uint64_t>(v, "spool max bytes", 0, ~0ull); }},
+        {"pdns", 0, "postgres.pdns", true, "maintain dnstap.pdns (default true)",
+         [](Config& c, const std::string& v) { pg(c).pdns = parse_bool(v, "pdns"); }},
+        {"shutdown-timeout", 0, "postgres.shutdown_timeout", true, "seconds to drain at exit (default 10)",
+         [](Config& c, const std::string& v) { pg(c).shutdown_timeout = std::chrono::seconds(parse_number<int>(v, "shutdown timeout", 0, 3600)); }},
+        {"write", 'w', "file.path", true, "Frame Streams file to write (strftime allowed with --split)",
+         [](Config& c, const std::string& v) { file(c).path = v; }},
+        {"split", 's', "file.split", true, "start a new file every N seconds",
+         [](Config& c, const std::string& v) { file(c).split_seconds = parse_number<int>(v, "split", 1, 86400 * 366); }},
+        {"localtime", 0, "file.localtime", false, "strftime in local time", [](Config& c, const std::string& v) { file(c).localtime = v != "false"; }},
+        {"gmtime", 0, "", false, "strftime in UTC (default)", [](Config& c, const std::string&) { file(c).localtime = false; }},
+        {"metrics", 0, "metrics.listen", true, "serve Prometheus metrics on HOST:PORT",
+         [](Config& c, const std::string& v) { c.metrics_address = v; }},
+        {"tail-socket", 0, "tail.socket", true, "Unix socket where `tail` attaches",
+         [](Config& c, const std::string& v) { c.tail_socket = v; }},
+        {"from", 0, "", true, "window start (lookup, report): timestamp or interval like '24 hours'",
+         [](Config& c, const std::string& v) { c.window_from = v; }},
+        {"to", 0, "", true, "window end (lookup, report)", [](Config& c, const std::string& v) { c.window_to = v; }},
+        {"limit", 0, "", true, "rows per table (report)", [](Config& c, const std::string& v) { c.limit = parse_number<int>(v, "limit", 1, 1'000'000); }},
+        {"log-level", 0, "log.level", true, "debug, info, warning or error",
+         [](Config& c, const std::string& v) {
+             if (v != "debug" && v != "info" && v != "warning" && v != "error")
+                 throw ConfigError("log level: '" + v + "' is not debug, info, warning or error");
+             c.log_level = v;
+         }},
+    };
+    return all;
+}
+
+const Option* find_flag(std::string_view arg) {
+    for (const auto& o : options()) {
+        if (arg.size() > 2 && arg.starts_with("--") && arg.substr(2) == o.flag) return &o;
+        if (arg.size() == 2 && arg[0] == '-' && o.short_flag && arg[1] == o.short_flag) return &o;
+    }
+    return nullptr;
+}
+
+std::string node_to_string(const toml::node& node, const std::string& where) {
+    if (auto s = node.value<std::string>(); s && node.is_string()) return *s;
+    if (node.is_integer()) return std::to_string(*node.value<std::int64_t>());
+    if (node.is_floating_point()) {
+        std::ostringstream out;
+        out << *node.value<double>();
+        return out.str();
+    }
+    if (node.is_boolean()) return *node.value<bool>() ? "true" : "false";
+    throw ConfigError(where + ": unsupported value type");
+}
+
+void apply_toml(Config& config, const std::string& path) {
+    toml::table root;
+    try {
+        root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        std::ostringstream msg;
+        msg << path << ':' << e.source().begin.line << ": " << e.description();
+        throw ConfigError(msg.str());
+    }
+    for (auto&& [section, section_node] : root) {
+        auto* table = section_node.as_table();
+        const auto line = section_node.source().begin.line;
+        if (!table) throw ConfigError(path + ":" + std::to_string(line) + ": '" + std::string(section.str()) + "' must be a [section]");
+        for (auto&& [key, node] : *table) {
+            const std::string full = std::string(section.str()) + "." + std::string(key.str());
+            const std::string where = path + ":" + std::to_string(node.source().begin.line) + ": " + full;
+            const Option* option = nullptr;
+            for (const auto& o : options())
+                if (o.key == full) option = &o;
+            if (!option) throw ConfigError(where + ": unknown key");
+            try {
+                if (auto* array = node.as_array()) {
+                    for (auto&& element : *array) option->set(config, node_to_string(element, where));
+                } else {
+                    option->set(config, node_to_string(node, where));
+                }
+            } catch (const ConfigError& e) {
+                throw ConfigError(where + ": " + e.what());
+            }
+        }
+    }
+}
+
+const std::vector<std::string_view> commands = {"serve", "import", "read", "migrate", "lookup", "tail", "report"};
+
+}  // namespace
+
+std::string usage() {
+    std::ostringstream out;
+    out << "usage: dnstap-collector [COMMAND] [OPTIONS] [ARGS]\n\n"
+           "commands:\n"
+           "  serve              receive dnstap (default): -u PATH, -a HOST:PORT, --postgres, -w FILE\n"
+           "  import FILE...     feed Frame Streams files through the same pipeline\n"
+           "  read FILE          print messages like dnstap-read (--json for JSON)\n"
+           "  migrate            apply the schema migrations\n"
+           "  lookup QUERY       passive-DNS lookup: NAME, *.SUFFIX, IP or CIDR (COF NDJSON)\n"
+           "  tail               live view of what a running collector receives\n"
+           "  report             top names, clients and rcodes over a window\n\noptions:\n";
+    for (const auto& o : options()) {
+        std::string left = "  ";
+        if (o.short_flag) left += std::string("-") + o.short_flag + ", ";
+        left += "--" + std::string(o.flag) + (o.takes_value ? " VALUE" : "");
+        if (left.size() < 30) left.resize(30, ' ');
+        out << left << ' ' << o.help;
+        if (!o.key.empty()) out << " [" << o.key << "]";
+        out << '\n';
+    }
+    return out.str();
+}
+
+Config parse_command_line(int argc, char** argv) {
+    Config config;
+    std::vector<std::string> args(argv + 1, argv + argc);
+    std::size_t i = 0;
+    if (!args.empty() && !args[0].starts_with("-")) {
+        bool known = false;
+        for (auto c : commands) known = known || args[0] == c;
+        if (!known) throw ConfigError("unknown command '" + args[0] + "'\n" + usage());
+        config.command = args[0];
+        i = 1;
+    }
+    // The file comes first so that flags override it, wherever --config stands.
+    for (std::size_t j = i; j + 1 < args.size(); ++j)
+        if (args[j] == "--config") apply_toml(config, args[j + 1]);
+
+    for (; i < args.size(); ++i) {
+        const std::string& arg = args[i];
+        if (arg == "-h" || arg == "--help") throw ConfigError(usage());
+        if (arg == "--") {
+            config.arguments.insert(config.arguments.end(), args.begin() + static_cast<long>(i) + 1, args.end());
+            break;
+        }
+        if (!arg.starts_with("-") || arg == "-") {
+            config.arguments.push_back(arg);
+            continue;
+        }
+        std::string name = arg, value;
+        bool inline_value = false;
+        if (auto eq = arg.find('='); arg.starts_with("--") && eq != std::string::npos) {
+            name = arg.substr(0, eq);
+            value = arg.substr(eq + 1);
+            inline_value = true;
+        }
+        const Option* option = find_flag(name);
+        if (!option) throw ConfigError("unknown option '" + name + "' (see --help)");
+        if (option->takes_value && !inline_value) {
+            if (i + 1 >= args.size()) throw ConfigError("option " + name + " needs a value");
+            value = args[++i];
+        }
+        if (option->flag == "config") continue;  // already applied
+        try {
+            option->set(config, value);
+        } catch (const ConfigError& e) {
+            throw ConfigError("option " + name + ": " + e.what());
+        }
+    }
+
+    // fstrm_capture style: -a HOST -p PORT.
+    for (auto& tcp : config.ingest.tcp)
+        if (tcp.port == 0) {
+            if (!config.tcp_port) throw ConfigError("TCP listener " + tcp.host + " needs a port (-a HOST:PORT or -p PORT)");
+            tcp.port = *config.tcp_port;
+        }
+    for (auto& u : config.ingest.unix_sockets) {
+        if (config.socket_mode) u.mode = *config.socket_mode;
+        u.group = config.socket_group;
+    }
+    if (config.command == "serve" && !config.check_only && config.ingest.unix_sockets.empty() &&
+        config.ingest.tcp.empty() && !config.ingest.systemd_sockets)
+        throw ConfigError("serve needs at least one listener (-u PATH or -a HOST:PORT)");
+    return config;
+}
+
+}  // namespace dnstap_collector

@@ -1,0 +1,219 @@
+// dnstap-collector: wires the stages together. ingest -> decode/pair (worker pool) -> sinks.
+#include <utility>  // before Boost.Asio: Boost 1.74's awaitable.hpp needs std::exchange
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include <systemd/sd-daemon.h>
+
+#include "dnstap_collector/config.hpp"
+#include "dnstap_collector/decode.hpp"
+#include "dnstap_collector/frame.hpp"
+#include "dnstap_collector/ingest.hpp"
+#include "dnstap_collector/log.hpp"
+#include "dnstap_collector/lookup.hpp"
+#include "dnstap_collector/metrics.hpp"
+#include "dnstap_collector/pipeline.hpp"
+#include "dnstap_collector/sinks.hpp"
+
+using namespace dnstap_collector;
+
+namespace {
+
+// Counts what reaches the end of the pipeline when no database is configured (import as a
+// benchmark of decode + pair, or serve with only a file sink).
+class CountingSink : public ExchangeSink {
+public:
+    explicit CountingSink(Metrics& m) : metrics_(m) {}
+    void consume(std::vector<Exchange>&& batch) override {
+        std::uint64_t messages = 0;
+        for (const auto& e : batch) messages += e.message_count();
+        metrics_.messages_stored.fetch_add(messages, std::memory_order_relaxed);
+    }
+private:
+    Metrics& metrics_;
+};
+
+// Ingest hands every frame to the file sink (raw, as fstrm_capture) and to the worker pool.
+class Tee : public FrameConsumer {
+public:
+    Tee(FileSink* file, WorkerPool* pool, Metrics& m) : file_(file), pool_(pool), metrics_(m) {}
+    bool offer(std::span<const std::uint8_t> frame) override {
+        bool taken = false;
+        if (file_) {
+            taken = file_->offer(frame);
+            // With no pool the file is the only store: a frame in it is a message stored.
+            if (!pool_ && taken) metrics_.messages_stored.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (pool_) taken = pool_->offer(frame);
+        return taken;
+    }
+private:
+    FileSink* file_;
+    WorkerPool* pool_;
+    Metrics& metrics_;
+};
+
+std::string conninfo_of(const Config& c) { return c.postgres ? c.postgres->conninfo : std::string(); }
+
+int run_serve(Config& config) {
+    if (!config.postgres && !config.file)
+        throw ConfigError("serve needs somewhere to store: --postgres CONNINFO and/or -w FILE");
+    if (config.check_only) {
+        std::cout << "configuration OK\n";
+        return 0;
+    }
+    Metrics metrics;
+    std::unique_ptr<PostgresSink> postgres;
+    std::unique_ptr<FileSink> file;
+    std::unique_ptr<WorkerPool> pool;
+    SinkSet sinks;
+    if (config.postgres) {
+        postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);
+        postgres->start();
+        sinks.add(*postgres);
+    }
+    if (config.file) {
+        file = std::make_unique<FileSink>(*config.file, metrics);
+        file->start();
+    }
+    if (!sinks.empty()) pool = std::make_unique<WorkerPool>(config.pipeline, sinks, metrics);
+    Tee tee(file.get(), pool.get(), metrics);
+
+    boost::asio::io_context io(1);
+    Ingest ingest(io, config.ingest, tee, metrics);
+    ingest.start();
+    if (ingest.listener_count() == 0) throw ConfigError("no listener: give -u PATH or -a HOST:PORT");
+
+    boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+    stop_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+        if (ec) return;
+        log::info(std::string("signal ") + (signal == SIGTERM ? "SIGTERM" : "SIGINT") + ": draining and stopping");
+        ingest.stop();
+    });
+    boost::asio::signal_set file_signals(io, SIGHUP, SIGUSR1);
+    std::function<void()> wait_file_signal = [&] {
+        file_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+            if (ec) return;
+            if (file) {
+                if (signal == SIGUSR1) file->rotate();
+                else file->reopen();
+            }
+            wait_file_signal();
+        });
+    };
+    wait_file_signal();
+
+    sd_notify(0, "READY=1");
+    log::info("dnstap-collector ready");
+    io.run();
+    stop_signals.cancel();
+    file_signals.cancel();
+
+    sd_notify(0, "STOPPING=1");
+    if (pool) pool->drain_and_stop();
+    if (postgres) postgres->stop();
+    if (file) file->stop();
+    log::info("stats: " + metrics.summary());
+    return 0;
+}
+
+int run_import(Config& config) {
+    if (config.arguments.empty()) throw ConfigError("import needs one or more Frame Streams files");
+    Metrics metrics;
+    std::unique_ptr<PostgresSink> postgres;
+    CountingSink counting(metrics);
+    ExchangeSink* sink = &counting;
+    if (config.postgres) {
+        postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);
+        postgres->start();
+        sink = postgres.get();
+    }
+    int status = 0;
+    const auto started = std::chrono::steady_clock::now();
+    {
+        WorkerPool pool(config.pipeline, *sink, metrics);
+        for (const auto& path : config.arguments) {
+            auto result = read_frame_file(path, [&](std::span<const std::uint8_t> frame) {
+                metrics.frames_received.fetch_add(1, std::memory_order_relaxed);
+                metrics.bytes_received.fetch_add(frame.size(), std::memory_order_relaxed);
+                pool.push_wait(frame);
+            }, config.ingest.max_frame_size);
+            if (result.oversized) metrics.drop(DropReason::frame_too_large, result.oversized);
+            if (!result.error.empty()) {
+                log::error(result.error);
+                status = 1;
+            }
+        }
+        pool.drain_and_stop();
+    }
+    if (postgres) postgres->stop();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const auto frames = metrics.frames_received.load();
+    log::info("imported " + std::to_string(frames) + " frames in " + std::to_string(seconds) + " s (" +
+              std::to_string(static_cast<std::uint64_t>(seconds > 0 ? frames / seconds : 0)) + " frames/s)");
+    log::info("stats: " + metrics.summary());
+    return status;
+}
+
+int run_read(Config& config) {
+    if (config.arguments.size() != 1) throw ConfigError("read needs exactly one file");
+    DnstapMessage message;
+    std::uint64_t bad = 0;
+    std::string line;
+    auto result = read_frame_file(config.arguments[0], [&](std::span<const std::uint8_t> frame) {
+        message = DnstapMessage{};
+        const auto status = decode_dnstap(frame, message);
+        if (status == DecodeStatus::bad_protobuf || status == DecodeStatus::not_message) {
+            ++bad;
+            return;
+        }
+        line = config.json ? format_json(message) : format_text(message);
+        line.push_back('\n');
+        std::fwrite(line.data(), 1, line.size(), stdout);
+    });
+    if (bad) log::warning(std::to_string(bad) + " frames were not dnstap messages");
+    if (!result.error.empty()) {
+        log::error(result.error);
+        return 1;
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::signal(SIGPIPE, SIG_IGN);
+    try {
+        Config config = parse_command_line(argc, argv);
+        if (config.log_level == "debug") log::set_level(log::Level::debug);
+        else if (config.log_level == "warning") log::set_level(log::Level::warning);
+        else if (config.log_level == "error") log::set_level(log::Level::error);
+
+        if (config.command == "serve") return run_serve(config);
+        if (config.command == "import") return run_import(config);
+        if (config.command == "read") return run_read(config);
+        if (config.command == "migrate") {
+            migrate_database(conninfo_of(config));
+            std::cout << "schema at version " << latest_schema_version() << '\n';
+            return 0;
+        }
+        if (config.command == "lookup") {
+            if (config.arguments.size() != 1) throw ConfigError("lookup needs one NAME, *.SUFFIX, IP or CIDR");
+            return run_lookup(conninfo_of(config), config.arguments[0], LookupWindow{config.window_from, config.window_to}, std::cout);
+        }
+        if (config.command == "report")
+            return run_report(conninfo_of(config), LookupWindow{config.window_from, config.window_to}, config.limit, std::cout);
+        throw ConfigError("'" + config.command + "' is not available yet");
+    } catch (const ConfigError& e) {
+        std::cerr << e.what() << '\n';
+        return 2;
+    } catch (const std::exception& e) {
+        log::error(e.what());
+        return 1;
+    }
+}
