@@ -1,0 +1,87 @@
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <unistd.h>
+#include <fstream>
+
+#include "dnstap_collector/config.hpp"
+
+using namespace dnstap_collector;
+
+namespace {
+Config parse(std::vector<std::string> args) {
+    args.insert(args.begin(), "dnstap-collector");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    return parse_command_line(static_cast<int>(argv.size()), argv.data());
+}
+
+std::string write_file(const std::string& text) {
+    char name[] = "/tmp/dnstap-config-XXXXXX";
+    int fd = mkstemp(name);
+    REQUIRE(fd >= 0);
+    close(fd);
+    std::ofstream(name) << text;
+    return name;
+}
+}  // namespace
+
+TEST_CASE("fstrm_capture flags mean what they mean there") {
+    auto c = parse({"serve", "-t", "protobuf:dnstap.Dnstap", "-u", "/run/a.sock", "-u", "/run/b.sock",
+                    "-a", "127.0.0.1", "-p", "6000", "-w", "/tmp/x.fstrm", "-s", "60"});
+    REQUIRE(c.ingest.unix_sockets.size() == 2);
+    CHECK(c.ingest.unix_sockets[1].path == "/run/b.sock");
+    REQUIRE(c.ingest.tcp.size() == 1);
+    CHECK(c.ingest.tcp[0].host == "127.0.0.1");
+    CHECK(c.ingest.tcp[0].port == 6000);
+    REQUIRE(c.file);
+    CHECK(c.file->split_seconds == 60);
+}
+
+TEST_CASE("the default command is serve") {
+    auto c = parse({"-u", "/tmp/s"});
+    CHECK(c.command == "serve");
+}
+
+TEST_CASE("an unknown option or a bad value is an error that names it") {
+    CHECK_THROWS_WITH(parse({"serve", "--bogus"}), Catch::Contains("--bogus"));
+    CHECK_THROWS_WITH(parse({"serve", "-u", "/s", "--workers", "lots"}), Catch::Contains("--workers"));
+    CHECK_THROWS_WITH(parse({"serve", "-t", "protobuf:other"}), Catch::Contains("protobuf:dnstap.Dnstap"));
+    CHECK_THROWS_WITH(parse({"serve", "-a", "127.0.0.1"}), Catch::Contains("port"));
+}
+
+TEST_CASE("TOML keys set the same options as flags, and flags win") {
+    auto path = write_file(R"(
+[listen]
+unix = ["/run/dnstap.sock"]
+socket_mode = "0640"
+[postgres]
+conninfo = "host=/tmp dbname=dnstap"
+partition = "hour"
+retention_days = 7
+[pipeline]
+workers = 3
+)");
+    auto c = parse({"serve", "--config", path, "--workers", "5"});
+    REQUIRE(c.ingest.unix_sockets.size() == 1);
+    CHECK(c.ingest.unix_sockets[0].mode == 0640);
+    REQUIRE(c.postgres);
+    CHECK(c.postgres->conninfo == "host=/tmp dbname=dnstap");
+    CHECK(c.postgres->partition_width == PartitionWidth::hour);
+    CHECK(c.postgres->retention_days == 7);
+    CHECK(c.pipeline.workers == 5);
+    std::remove(path.c_str());
+}
+
+TEST_CASE("an unknown TOML key is an error naming the key and its line") {
+    auto path = write_file("[postgres]\nconninfo = \"x\"\nretention = 3\n");
+    CHECK_THROWS_WITH(parse({"serve", "--config", path}), Catch::Contains("postgres.retention") && Catch::Contains(":3"));
+    std::remove(path.c_str());
+}
+
+TEST_CASE("a bad TOML value is an error naming the key and its line") {
+    auto path = write_file("[postgres]\n\npartition = \"week\"\n");
+    CHECK_THROWS_WITH(parse({"serve", "--config", path}), Catch::Contains("postgres.partition") && Catch::Contains(":3"));
+    std::remove(path.c_str());
+}
