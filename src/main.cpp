@@ -89,11 +89,21 @@ int run_serve(Config& config) {
     ingest.start();
     if (ingest.listener_count() == 0) throw ConfigError("no listener: give -u PATH or -a HOST:PORT");
 
+    std::unique_ptr<MetricsServer> metrics_server;
+    if (!config.metrics_address.empty()) {
+        metrics_server = std::make_unique<MetricsServer>(io, config.metrics_address, [&] {
+            if (pool) metrics.queue_depth.store(pool->queued(), std::memory_order_relaxed);
+            return metrics.prometheus();
+        });
+        metrics_server->start();
+    }
+
     boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
     stop_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
         if (ec) return;
         log::info(std::string("signal ") + (signal == SIGTERM ? "SIGTERM" : "SIGINT") + ": draining and stopping");
         ingest.stop();
+        if (metrics_server) metrics_server->stop();
     });
     boost::asio::signal_set file_signals(io, SIGHUP, SIGUSR1);
     std::function<void()> wait_file_signal = [&] {

@@ -5,8 +5,12 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
+
+namespace boost::asio { class io_context; }
 
 namespace dnstap_collector {
 
@@ -58,6 +62,21 @@ struct Metrics {
     std::string summary() const;
     // Prometheus text exposition format.
     std::string prometheus() const;
+};
+
+// Prometheus endpoint (Boost.Beast): GET /metrics answers render(). Runs on the given
+// io_context; one small coroutine per scrape.
+class MetricsServer {
+public:
+    MetricsServer(boost::asio::io_context& io, const std::string& host_port, std::function<std::string()> render);
+    ~MetricsServer();
+    MetricsServer(const MetricsServer&) = delete;
+    MetricsServer& operator=(const MetricsServer&) = delete;
+    void start();  // binds (throws std::runtime_error naming the address) and serves
+    void stop();
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace dnstap_collector
