@@ -84,7 +84,7 @@ _cleanup() {
   else
     rm -rf "$WORK"
   fi
-  if ((rc == 0)); then log "PASS"; else log "exit status $rc"; fi
+  if ((rc == 0)); then log "${HARNESS_OK_MSG:-PASS}"; else log "exit status $rc"; fi
   exit "$rc"
 }
 trap _cleanup EXIT
