@@ -41,20 +41,22 @@ private:
 // Ingest hands every frame to the file sink (raw, as fstrm_capture) and to the worker pool.
 class Tee : public FrameConsumer {
 public:
-    Tee(FileSink* file, WorkerPool* pool, Metrics& m) : file_(file), pool_(pool), metrics_(m) {}
+    Tee(FileSink* file, WorkerPool* pool, bool file_is_the_store, Metrics& m)
+        : file_(file), pool_(pool), file_is_the_store_(file_is_the_store), metrics_(m) {}
     bool offer(std::span<const std::uint8_t> frame) override {
         bool taken = false;
         if (file_) {
             taken = file_->offer(frame);
-            // With no pool the file is the only store: a frame in it is a message stored.
-            if (!pool_ && taken) metrics_.messages_stored.fetch_add(1, std::memory_order_relaxed);
+            // Without a database the file is the store: a frame in it is a message stored.
+            if (file_is_the_store_ && taken) metrics_.messages_stored.fetch_add(1, std::memory_order_relaxed);
         }
-        if (pool_) taken = pool_->offer(frame);
+        if (pool_) taken = pool_->offer(frame) || taken;
         return taken;
     }
 private:
     FileSink* file_;
     WorkerPool* pool_;
+    bool file_is_the_store_;
     Metrics& metrics_;
 };
 
@@ -75,16 +77,26 @@ int run_serve(Config& config) {
     if (config.postgres) {
         postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);
         postgres->start();
-        sinks.add(*postgres);
     }
     if (config.file) {
         file = std::make_unique<FileSink>(*config.file, metrics);
         file->start();
     }
-    if (!sinks.empty()) pool = std::make_unique<WorkerPool>(config.pipeline, sinks, metrics);
-    Tee tee(file.get(), pool.get(), metrics);
-
     boost::asio::io_context io(1);
+    std::unique_ptr<TailSink> tail;
+    if (!config.tail_socket.empty()) {
+        tail = std::make_unique<TailSink>(io, config.tail_socket);
+        tail->start();
+        sinks.add(*tail);
+    }
+    if (postgres) sinks.add(*postgres);  // last: it takes the batch, the others get copies
+    // With only a file as the store, the pool feeds tail alone: its counts are kept apart so
+    // that frames_received == stored + dropped still holds for what the file took.
+    Metrics tail_only_metrics;
+    if (!sinks.empty())
+        pool = std::make_unique<WorkerPool>(config.pipeline, sinks, postgres ? metrics : tail_only_metrics);
+    Tee tee(file.get(), pool.get(), /*file_is_the_store=*/!postgres, metrics);
+
     Ingest ingest(io, config.ingest, tee, metrics);
     ingest.start();
     if (ingest.listener_count() == 0) throw ConfigError("no listener: give -u PATH or -a HOST:PORT");
@@ -99,13 +111,15 @@ int run_serve(Config& config) {
     }
 
     boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+    boost::asio::signal_set file_signals(io, SIGHUP, SIGUSR1);
     stop_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
         if (ec) return;
         log::info(std::string("signal ") + (signal == SIGTERM ? "SIGTERM" : "SIGINT") + ": draining and stopping");
         ingest.stop();
         if (metrics_server) metrics_server->stop();
+        if (tail) tail->stop();
+        file_signals.cancel();
     });
-    boost::asio::signal_set file_signals(io, SIGHUP, SIGUSR1);
     std::function<void()> wait_file_signal = [&] {
         file_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
             if (ec) return;
@@ -218,7 +232,14 @@ int main(int argc, char** argv) {
         }
         if (config.command == "report")
             return run_report(conninfo_of(config), LookupWindow{config.window_from, config.window_to}, config.limit, std::cout);
-        throw ConfigError("'" + config.command + "' is not available yet");
+        if (config.command == "tail") {
+            std::string request = config.json ? "json" : "text";
+            if (!config.tail_suffix.empty()) request += " suffix=" + config.tail_suffix;
+            if (!config.tail_client.empty()) request += " client=" + config.tail_client;
+            if (!config.tail_rcode.empty()) request += " rcode=" + config.tail_rcode;
+            return run_tail(config.tail_socket.empty() ? "/run/dnstap-collector/tail.sock" : config.tail_socket, request, std::cout);
+        }
+        throw ConfigError("unknown command '" + config.command + "'");
     } catch (const ConfigError& e) {
         std::cerr << e.what() << '\n';
         return 2;

@@ -39,6 +39,8 @@ struct Config {
     // lookup / report
     std::string window_from, window_to;
     int limit = 20;
+    // tail filters
+    std::string tail_suffix, tail_client, tail_rcode;
 };
 
 // Parses argv (and the TOML file it names). Throws ConfigError with a message for the user.

@@ -25,6 +25,22 @@ struct Exchange {
     const DnstapMessage& any() const noexcept { return query ? *query : *response; }
 };
 
+// The columns every output shares, derived once from the pair: which message supplies the
+// question, which the answer, the exchange time and the latency.
+struct ExchangeView {
+    const DnstapMessage& first;       // the query if there is one, else the response
+    const DnsMessage* question;       // query DNS if present, else response DNS (may be null)
+    const DnsMessage* answer;         // response DNS (null without a response)
+    std::int64_t time_ns;             // query time when known, else response time; -1 if neither
+    std::int64_t response_time_ns;    // -1 without a response time
+    std::int64_t latency_us;          // -1 unless both times are known
+    explicit ExchangeView(const Exchange& e) noexcept;
+};
+
+// One line per exchange in the spirit of dnstap-read, and one JSON object, for `tail`.
+std::string format_exchange_text(const Exchange& e);
+std::string format_exchange_json(const Exchange& e);
+
 struct PairKey {
     std::string identity;
     SocketProtocol protocol{};

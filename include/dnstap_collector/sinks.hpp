@@ -4,12 +4,15 @@
 
 #include <chrono>
 #include <cstdint>
+#include <iosfwd>
 #include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "dnstap_collector/pair.hpp"
+
+namespace boost::asio { class io_context; }
 
 namespace dnstap_collector {
 
@@ -21,6 +24,9 @@ class ExchangeSink {
 public:
     virtual ~ExchangeSink() = default;
     virtual void consume(std::vector<Exchange>&& batch) = 0;
+    // False when the sink would throw the batch away (tail with nobody attached): the fan-out
+    // then skips it, so an idle sink costs nothing.
+    virtual bool active() const noexcept { return true; }
 };
 
 // Fans a batch out to several sinks (e.g. PostgreSQL and tail).
@@ -97,5 +103,25 @@ private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+// Live view for `dnstap-collector tail`: clients attach to a Unix socket, send one request line
+// ("text" or "json", then filters "suffix=NAME", "client=IP", "rcode=NXDOMAIN"), and receive
+// one line per exchange. Slow clients lose lines (told with a "# dropped N" line), never
+// slowing the pipeline.
+class TailSink : public ExchangeSink {
+public:
+    TailSink(boost::asio::io_context& io, std::string socket_path);
+    ~TailSink() override;
+    void start();  // binds the socket (mode 0600: tails see client addresses)
+    void stop();
+    void consume(std::vector<Exchange>&& batch) override;
+    bool active() const noexcept override;
+private:
+    struct Impl;
+    std::shared_ptr<Impl> impl_;
+};
+
+// Client side of `tail`: attaches to a running collector and copies lines to `out`.
+int run_tail(const std::string& socket_path, const std::string& request, std::ostream& out);
 
 }  // namespace dnstap_collector

@@ -154,6 +154,12 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { c.window_from = v; }},
         {"to", 0, "", true, "window end (lookup, report)", [](Config& c, const std::string& v) { c.window_to = v; }},
         {"limit", 0, "", true, "rows per table (report)", [](Config& c, const std::string& v) { c.limit = parse_number<int>(v, "limit", 1, 1'000'000); }},
+        {"suffix", 0, "", true, "tail: only names at or under this suffix",
+         [](Config& c, const std::string& v) { c.tail_suffix = v; }},
+        {"client", 0, "", true, "tail: only this client address or network (CIDR)",
+         [](Config& c, const std::string& v) { c.tail_client = v; }},
+        {"rcode", 0, "", true, "tail: only this rcode, e.g. NXDOMAIN",
+         [](Config& c, const std::string& v) { c.tail_rcode = v; }},
         {"log-level", 0, "log.level", true, "debug, info, warning or error",
          [](Config& c, const std::string& v) {
              if (v != "debug" && v != "info" && v != "warning" && v != "error")

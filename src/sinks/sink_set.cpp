@@ -3,9 +3,15 @@
 namespace dnstap_collector {
 
 void SinkSet::consume(std::vector<Exchange>&& batch) {
-    // The last sink takes ownership; the others get copies (tail is rare, PostgreSQL is last).
-    for (std::size_t i = 0; i + 1 < sinks_.size(); ++i) sinks_[i]->consume(std::vector<Exchange>(batch));
-    if (!sinks_.empty()) sinks_.back()->consume(std::move(batch));
+    // The last active sink takes ownership; the others get copies (only while a tail is
+    // attached, as PostgreSQL is added last).
+    ExchangeSink* last = nullptr;
+    for (ExchangeSink* sink : sinks_) {
+        if (!sink->active()) continue;
+        if (last) last->consume(std::vector<Exchange>(batch));
+        last = sink;
+    }
+    if (last) last->consume(std::move(batch));
 }
 
 }  // namespace dnstap_collector
