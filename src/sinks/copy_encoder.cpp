@@ -1,0 +1,479 @@
+#include "sinks/copy_encoder.hpp"
+
+#include <arpa/inet.h>
+
+#include <array>
+#include <chrono>
+#include <cstring>
+
+#include "dnstap_collector/dns.hpp"
+
+namespace dnstap_collector::copy {
+
+std::string_view header() noexcept {
+    // Signature (11 bytes), flags int32 0 (no OIDs), header extension length int32 0.
+    static constexpr char bytes[] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+    return {bytes, 19};
+}
+
+std::string_view trailer() noexcept {
+    static constexpr char bytes[] = "\377\377";
+    return {bytes, 2};
+}
+
+void RowWriter::be16(std::uint16_t v) {
+    out_.push_back(static_cast<char>(v >> 8));
+    out_.push_back(static_cast<char>(v & 0xff));
+}
+void RowWriter::be32(std::uint32_t v) {
+    be16(static_cast<std::uint16_t>(v >> 16));
+    be16(static_cast<std::uint16_t>(v & 0xffff));
+}
+void RowWriter::be64(std::uint64_t v) {
+    be32(static_cast<std::uint32_t>(v >> 32));
+    be32(static_cast<std::uint32_t>(v & 0xffffffffu));
+}
+
+void RowWriter::begin_row(std::int16_t fields) { be16(static_cast<std::uint16_t>(fields)); }
+void RowWriter::null() { be32(0xffffffffu); }
+void RowWriter::text(std::string_view s) {
+    be32(static_cast<std::uint32_t>(s.size()));
+    out_.append(s);
+}
+void RowWriter::int4(std::int32_t v) { be32(4); be32(static_cast<std::uint32_t>(v)); }
+void RowWriter::int8(std::int64_t v) { be32(8); be64(static_cast<std::uint64_t>(v)); }
+void RowWriter::boolean(bool v) { be32(1); out_.push_back(v ? 1 : 0); }
+void RowWriter::timestamptz_unix_us(std::int64_t unix_us) {
+    be32(8);
+    be64(static_cast<std::uint64_t>(unix_us - pg_epoch_unix_us));
+}
+
+void RowWriter::inet(const IpAddress& a) {
+    if (a.length != 4 && a.length != 16) return null();
+    // PostgreSQL's own family numbers (PGSQL_AF_INET = AF_INET + 0 = 2, PGSQL_AF_INET6 =
+    // AF_INET + 1 = 3), not the platform's AF_INET6.
+    be32(4u + a.length);
+    out_.push_back(a.length == 4 ? 2 : 3);
+    out_.push_back(static_cast<char>(a.length == 4 ? 32 : 128));  // bits
+    out_.push_back(0);                                             // is_cidr
+    out_.push_back(static_cast<char>(a.length));
+    out_.append(reinterpret_cast<const char*>(a.bytes.data()), a.length);
+}
+
+bool RowWriter::inet_text(std::string_view address) {
+    if (address.size() >= INET6_ADDRSTRLEN) return false;
+    char buf[INET6_ADDRSTRLEN];
+    std::memcpy(buf, address.data(), address.size());
+    buf[address.size()] = '\0';
+    IpAddress a;
+    if (inet_pton(AF_INET, buf, a.bytes.data()) == 1) a.length = 4;
+    else if (inet_pton(AF_INET6, buf, a.bytes.data()) == 1) a.length = 16;
+    else return false;
+    inet(a);
+    return true;
+}
+
+void RowWriter::jsonb(std::string_view json) {
+    be32(static_cast<std::uint32_t>(json.size() + 1));
+    out_.push_back(1);  // jsonb binary format version
+    out_.append(json);
+}
+
+namespace {
+
+// Length of the valid UTF-8 sequence at s[i] (2..4), or 0 if it is not one. Rejects
+// overlong forms, surrogates, values above U+10FFFF and C1 controls.
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+    auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+    unsigned char c = b(i);
+    std::size_t n;
+    std::uint32_t cp;
+    if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07; }
+    else return 0;
+    if (i + n > s.size()) return 0;
+    for (std::size_t k = 1; k < n; ++k) {
+        if ((b(i + k) & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (b(i + k) & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff) return 0;
+    if (cp >= 0xd800 && cp <= 0xdfff) return 0;
+    if (cp < 0xa0) return 0;  // C1 control characters
+    return n;
+}
+
+void append_ddd(std::string& out, unsigned char c) {
+    char buf[5];
+    buf[0] = '\\';
+    buf[1] = static_cast<char>('0' + c / 100);
+    buf[2] = static_cast<char>('0' + c / 10 % 10);
+    buf[3] = static_cast<char>('0' + c % 10);
+    out.append(buf, 4);
+}
+
+}  // namespace
+
+std::string sanitize_text(std::string_view raw, bool escape_backslash) {
+    std::string out;
+    out.reserve(raw.size());
+    for (std::size_t i = 0; i < raw.size();) {
+        auto c = static_cast<unsigned char>(raw[i]);
+        if (c >= 0x20 && c < 0x7f) {
+            if (c == '\\' && escape_backslash) out += '\\';
+            out += static_cast<char>(c);
+            ++i;
+        } else if (std::size_t n = c >= 0x80 ? utf8_sequence(raw, i) : 0; n > 0) {
+            out.append(raw.substr(i, n));
+            i += n;
+        } else {
+            append_ddd(out, c);
+            ++i;
+        }
+    }
+    return out;
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+    out += '"';
+    for (char ch : s) {
+        auto c = static_cast<unsigned char>(ch);
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += ch;
+        } else if (c < 0x20) {
+            static constexpr char hex[] = "0123456789abcdef";
+            out += "\\u00";
+            out += hex[c >> 4];
+            out += hex[c & 0xf];
+        } else {
+            out += ch;
+        }
+    }
+    out += '"';
+}
+
+namespace {
+
+// Presentation name as stored: lowercase, no trailing dot (root stays "."), valid UTF-8.
+std::string stored_name(std::string_view presentation) {
+    std::string n = lowercase_name(presentation);
+    if (n.size() > 1 && n.back() == '.') {
+        // An escaped final dot ("a\.") is part of the label; count the backslashes before it.
+        std::size_t slashes = 0;
+        for (std::size_t k = n.size() - 1; k > 0 && n[k - 1] == '\\'; --k) ++slashes;
+        if (slashes % 2 == 0) n.pop_back();
+    }
+    return sanitize_text(n, false);
+}
+
+std::int64_t ns_to_us(std::int64_t ns) noexcept { return ns / 1000; }
+
+}  // namespace
+
+std::int64_t exchange_time_us(const Exchange& e) noexcept {
+    if (e.query && e.query->query_time_ns >= 0) return ns_to_us(e.query->query_time_ns);
+    if (e.response && e.response->query_time_ns >= 0) return ns_to_us(e.response->query_time_ns);
+    if (e.response && e.response->response_time_ns >= 0) return ns_to_us(e.response->response_time_ns);
+    if (e.query && e.query->response_time_ns >= 0) return ns_to_us(e.query->response_time_ns);
+    // No time at all (malformed sender): file it under arrival so the row is not lost.
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+struct RowSource {
+    const Exchange& e;
+    const DnstapMessage& any;    // the query message when there is one
+    const DnsMessage* q;         // DNS of the query message
+    const DnsMessage* r;         // DNS of the response message
+    const DnsMessage* head;      // question and header: the query's, else the response's
+    const DnsMessage* edns;      // OPT: the response's, else the query's
+    std::int64_t time_us;
+    std::int64_t response_time_ns;
+};
+
+namespace {
+
+RowSource make_source(const Exchange& e) {
+    const DnsMessage* q = e.query && e.query->query ? &*e.query->query : nullptr;
+    const DnsMessage* r = e.response && e.response->response ? &*e.response->response : nullptr;
+    const DnsMessage* edns = r && r->has_edns ? r : (q && q->has_edns ? q : nullptr);
+    std::int64_t rt = e.response ? e.response->response_time_ns : -1;
+    return RowSource{e, e.any(), q, r, q ? q : r, edns, exchange_time_us(e), rt};
+}
+
+void opt_text(RowWriter& w, std::string_view s) {
+    if (s.empty()) w.null();
+    else w.text(sanitize_text(s, false));
+}
+
+std::string answers_json(const DnsMessage& m) {
+    std::string j = "[";
+    for (const auto& rr : m.answers) {
+        if (j.size() > 1) j += ',';
+        j += "{\"name\":";
+        append_json_string(j, stored_name(rr.name));
+        j += ",\"type\":";
+        append_json_string(j, type_to_text(rr.type));
+        j += ",\"ttl\":" + std::to_string(rr.ttl) + ",\"rdata\":";
+        append_json_string(j, sanitize_text(rr.rdata, false));
+        j += '}';
+    }
+    return j + "]";
+}
+
+const Policy* policy_of(const RowSource& s) {
+    if (s.e.response && s.e.response->policy.present) return &s.e.response->policy;
+    if (s.e.query && s.e.query->policy.present) return &s.e.query->policy;
+    return nullptr;
+}
+
+std::string policy_json(const Policy& p) {
+    std::string j = "{";
+    auto field = [&](const char* name, const std::string& v) {
+        if (v.empty()) return;
+        if (j.size() > 1) j += ',';
+        append_json_string(j, name);
+        j += ':';
+        append_json_string(j, sanitize_text(v, false));
+    };
+    field("type", p.type);
+    field("rule", p.rule);
+    field("action", p.action);
+    field("match", p.match);
+    field("value", p.value);
+    return j + "}";
+}
+
+const DnstapMessage* zone_source(const RowSource& s) {
+    if (s.e.response && !s.e.response->query_zone.empty()) return &*s.e.response;
+    if (s.e.query && !s.e.query->query_zone.empty()) return &*s.e.query;
+    return nullptr;
+}
+
+std::string error_text(const RowSource& s) {
+    std::string qe = s.q ? s.q->error : std::string();
+    std::string re = s.r ? s.r->error : std::string();
+    if (!qe.empty() && !re.empty()) return "query: " + qe + "; response: " + re;
+    return qe.empty() ? re : qe;
+}
+
+using W = RowWriter;
+using S = RowSource;
+
+// The column table: name and encoder, in COPY order.
+const std::array<Column, 35> columns = {{
+    {"time", [](const S& s, W& w) { w.timestamptz_unix_us(s.time_us); }},
+    {"response_time", [](const S& s, W& w) {
+         if (s.response_time_ns >= 0) w.timestamptz_unix_us(ns_to_us(s.response_time_ns)); else w.null();
+     }},
+    {"identity", [](const S& s, W& w) {
+         if (s.any.identity.empty()) w.null(); else w.text(sanitize_text(s.any.identity, true));
+     }},
+    {"kind", [](const S& s, W& w) { opt_text(w, kind_of(s.any.type)); }},
+    {"query_type", [](const S& s, W& w) {
+         if (s.e.query) opt_text(w, short_name(s.e.query->type)); else w.null();
+     }},
+    {"response_type", [](const S& s, W& w) {
+         if (s.e.response) opt_text(w, short_name(s.e.response->type)); else w.null();
+     }},
+    {"transport", [](const S& s, W& w) {
+         if (s.any.protocol == SocketProtocol::unknown) w.null(); else opt_text(w, to_string(s.any.protocol));
+     }},
+    {"query_address", [](const S& s, W& w) { w.inet(s.any.query_address); }},
+    {"query_port", [](const S& s, W& w) {
+         if (s.any.has_query_port) w.int4(static_cast<std::int32_t>(s.any.query_port)); else w.null();
+     }},
+    {"response_address", [](const S& s, W& w) { w.inet(s.any.response_address); }},
+    {"response_port", [](const S& s, W& w) {
+         if (s.any.has_response_port) w.int4(static_cast<std::int32_t>(s.any.response_port)); else w.null();
+     }},
+    {"dns_id", [](const S& s, W& w) { if (s.head) w.int4(s.head->id); else w.null(); }},
+    {"qname", [](const S& s, W& w) {
+         if (s.head && s.head->has_question) w.text(stored_name(s.head->qname)); else w.null();
+     }},
+    {"qtype", [](const S& s, W& w) {
+         if (s.head && s.head->has_question) w.text(type_to_text(s.head->qtype)); else w.null();
+     }},
+    {"qclass", [](const S& s, W& w) {
+         if (s.head && s.head->has_question) w.text(class_to_text(s.head->qclass)); else w.null();
+     }},
+    {"opcode", [](const S& s, W& w) { if (s.head) w.text(opcode_to_text(s.head->opcode())); else w.null(); }},
+    {"rcode", [](const S& s, W& w) { if (s.r) w.text(rcode_to_text(s.r->rcode)); else w.null(); }},
+    {"flags", [](const S& s, W& w) {
+         const DnsMessage* m = s.r ? s.r : s.q;
+         if (m) w.text(flags_to_text(m->flags)); else w.null();
+     }},
+    {"has_query", [](const S& s, W& w) { w.boolean(s.e.query.has_value()); }},
+    {"has_response", [](const S& s, W& w) { w.boolean(s.e.response.has_value()); }},
+    {"latency_us", [](const S& s, W& w) {
+         // Query time of the exchange (a lone response carries it too) to response time.
+         std::int64_t qt = s.e.query ? s.e.query->query_time_ns
+                                     : (s.e.response ? s.e.response->query_time_ns : -1);
+         // Kept even when negative (sender clock skew): clamping would hide it.
+         if (qt >= 0 && s.response_time_ns >= 0) w.int8((s.response_time_ns - qt) / 1000); else w.null();
+     }},
+    {"query_size", [](const S& s, W& w) { if (s.q) w.int4(static_cast<std::int32_t>(s.q->size)); else w.null(); }},
+    {"response_size", [](const S& s, W& w) { if (s.r) w.int4(static_cast<std::int32_t>(s.r->size)); else w.null(); }},
+    {"answer_count", [](const S& s, W& w) { if (s.r) w.int4(s.r->ancount); else w.null(); }},
+    {"authority_count", [](const S& s, W& w) { if (s.r) w.int4(s.r->nscount); else w.null(); }},
+    {"additional_count", [](const S& s, W& w) { if (s.r) w.int4(s.r->arcount); else w.null(); }},
+    {"answers", [](const S& s, W& w) { if (s.r) w.jsonb(answers_json(*s.r)); else w.null(); }},
+    {"edns_udp_size", [](const S& s, W& w) { if (s.edns) w.int4(s.edns->edns_udp_size); else w.null(); }},
+    {"edns_do", [](const S& s, W& w) { if (s.edns) w.boolean(s.edns->edns_do); else w.null(); }},
+    {"ecs", [](const S& s, W& w) {
+         // The query's subnet is what the client sent; a response only echoes it.
+         if (s.q && !s.q->ecs.empty()) opt_text(w, s.q->ecs);
+         else opt_text(w, s.r ? std::string_view(s.r->ecs) : std::string_view());
+     }},
+    {"ede_code", [](const S& s, W& w) { if (s.r && s.r->ede_code >= 0) w.int4(s.r->ede_code); else w.null(); }},
+    {"ede_text", [](const S& s, W& w) { opt_text(w, s.r ? std::string_view(s.r->ede_text) : std::string_view()); }},
+    {"query_zone", [](const S& s, W& w) {
+         const DnstapMessage* m = zone_source(s);
+         if (m) w.text(stored_name(m->query_zone)); else w.null();
+     }},
+    {"policy", [](const S& s, W& w) {
+         const Policy* p = policy_of(s);
+         if (p) w.jsonb(policy_json(*p)); else w.null();
+     }},
+    {"error", [](const S& s, W& w) { opt_text(w, error_text(s)); }},
+}};
+
+}  // namespace
+
+std::span<const Column> exchange_columns() noexcept { return columns; }
+
+std::string exchange_copy_statement() {
+    std::string sql = "COPY dnstap.exchange (";
+    for (std::size_t i = 0; i < columns.size(); ++i) {
+        if (i) sql += ", ";
+        sql += columns[i].name;
+    }
+    return sql + ") FROM STDIN (FORMAT binary)";
+}
+
+void append_exchange(const Exchange& e, EncodedBatch& out) {
+    if (!e.query && !e.response) return;
+    RowSource s = make_source(e);
+    RowWriter w(out.rows);
+    w.begin_row(static_cast<std::int16_t>(columns.size()));
+    for (const auto& c : columns) c.encode(s, w);
+    out.row_end.push_back(static_cast<std::uint32_t>(out.rows.size()));
+    out.messages.push_back(static_cast<std::uint8_t>(e.message_count()));
+    out.times_us.push_back(s.time_us);
+}
+
+void PdnsAggregate::add(const Exchange& e) {
+    if (!e.response || !e.response->response) return;
+    const DnsMessage& r = *e.response->response;
+    if (r.answers.empty()) return;
+    std::int64_t t = e.response->response_time_ns >= 0 ? ns_to_us(e.response->response_time_ns)
+                                                       : exchange_time_us(e);
+    std::string sensor = sanitize_text(e.response->identity, true);
+    std::string bailiwick = e.response->query_zone.empty() ? std::string()
+                                                           : stored_name(e.response->query_zone);
+    for (const auto& rr : r.answers) {
+        if (rr.rclass != 1) continue;  // IN only: other classes are not passive DNS data
+        PdnsKey key{stored_name(rr.name), type_to_text(rr.type), {}};
+        // Lone-name rdata (CNAME, NS, PTR, DNAME) is stored like owner names so pdns_rdata can
+        // look it up by name.
+        if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) key.rdata = stored_name(rr.rdata);
+        else key.rdata = sanitize_text(rr.rdata, false);
+        // The unique btree index takes rows up to ~2.7 kB; longer records (big TXT) would fail
+        // the whole upsert, so they stay out of pdns (they remain in exchange.answers).
+        if (key.rrname.size() + key.rdata.size() > 2000) continue;
+        auto [it, fresh] = entries_.try_emplace(std::move(key));
+        PdnsValue& v = it->second;
+        if (fresh) {
+            v.first_us = v.last_us = t;
+        } else {
+            v.first_us = std::min(v.first_us, t);
+            v.last_us = std::max(v.last_us, t);
+        }
+        ++v.count;
+        if (!bailiwick.empty()) v.bailiwick = bailiwick;
+        if (!sensor.empty()) v.sensor_id = sensor;
+    }
+}
+
+std::string PdnsAggregate::encode() const {
+    std::string out;
+    RowWriter w(out);
+    for (const auto& [k, v] : entries_) {
+        w.begin_row(9);
+        w.text(k.rrname);
+        w.text(k.rrtype);
+        w.text(k.rdata);
+        if (!((k.rrtype == "A" || k.rrtype == "AAAA") && w.inet_text(k.rdata))) w.null();
+        w.timestamptz_unix_us(v.first_us);
+        w.timestamptz_unix_us(v.last_us);
+        w.int8(static_cast<std::int64_t>(v.count));
+        if (v.bailiwick.empty()) w.null(); else w.text(v.bailiwick);
+        if (v.sensor_id.empty()) w.null(); else w.text(v.sensor_id);
+    }
+    return out;
+}
+
+std::uint64_t EncodedBatch::message_total() const noexcept { return message_total(0, size()); }
+
+std::uint64_t EncodedBatch::message_total(std::size_t lo, std::size_t hi) const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = lo; i < hi; ++i) n += messages[i];
+    return n;
+}
+
+std::string EncodedBatch::copy_payload(std::size_t lo, std::size_t hi) const {
+    std::size_t begin = lo ? row_end[lo - 1] : 0;
+    std::size_t end = hi ? row_end[hi - 1] : 0;
+    std::string out;
+    out.reserve(header().size() + (end - begin) + trailer().size());
+    out.append(header());
+    out.append(rows, begin, end - begin);
+    out.append(trailer());
+    return out;
+}
+
+std::string EncodedBatch::pdns_payload() const {
+    std::string out;
+    out.reserve(header().size() + pdns_rows.size() + trailer().size());
+    out.append(header());
+    out.append(pdns_rows);
+    out.append(trailer());
+    return out;
+}
+
+EncodedBatch EncodedBatch::subset(const std::vector<bool>& done, bool keep_pdns) const {
+    EncodedBatch out;
+    for (std::size_t i = 0; i < size(); ++i) {
+        if (done[i]) continue;
+        std::size_t begin = i ? row_end[i - 1] : 0;
+        out.rows.append(rows, begin, row_end[i] - begin);
+        out.row_end.push_back(static_cast<std::uint32_t>(out.rows.size()));
+        out.messages.push_back(messages[i]);
+        out.times_us.push_back(times_us[i]);
+    }
+    if (keep_pdns) {
+        out.pdns_rows = pdns_rows;
+        out.pdns_count = pdns_count;
+    }
+    return out;
+}
+
+EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns) {
+    EncodedBatch out;
+    out.row_end.reserve(exchanges.size());
+    out.messages.reserve(exchanges.size());
+    out.times_us.reserve(exchanges.size());
+    PdnsAggregate pdns;
+    for (const auto& e : exchanges) {
+        append_exchange(e, out);
+        if (with_pdns) pdns.add(e);
+    }
+    if (with_pdns && !pdns.empty()) {
+        out.pdns_rows = pdns.encode();
+        out.pdns_count = static_cast<std::uint32_t>(pdns.entries().size());
+    }
+    return out;
+}
+
+}  // namespace dnstap_collector::copy

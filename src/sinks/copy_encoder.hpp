@@ -1,0 +1,117 @@
+// PostgreSQL binary COPY encoding of exchanges (dnstap.exchange) and of passive DNS
+// aggregates (the pdns staging table). Pure functions over bytes: no libpq, no I/O, so the
+// unit tests check the wire layout without a database.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dnstap_collector/pair.hpp"
+
+namespace dnstap_collector::copy {
+
+// 2000-01-01T00:00:00Z in unix microseconds: PostgreSQL's timestamp epoch.
+inline constexpr std::int64_t pg_epoch_unix_us = 946'684'800'000'000;
+
+// "PGCOPY\n\377\r\n\0", flags, header extension length.
+std::string_view header() noexcept;
+// Field count -1.
+std::string_view trailer() noexcept;
+
+// Appends one row's fields in PostgreSQL's binary send format to a string.
+class RowWriter {
+public:
+    explicit RowWriter(std::string& out) : out_(out) {}
+    void begin_row(std::int16_t fields);
+    void null();
+    void text(std::string_view utf8);             // caller guarantees valid UTF-8, no NUL
+    void int4(std::int32_t v);
+    void int8(std::int64_t v);
+    void boolean(bool v);
+    void timestamptz_unix_us(std::int64_t unix_us);
+    void inet(const IpAddress& a);                // NULL when empty
+    bool inet_text(std::string_view address);     // "192.0.2.1" / "2001:db8::1"; false (and
+                                                  // nothing written) when not an address
+    void jsonb(std::string_view json);            // json must be valid UTF-8 JSON
+private:
+    void be16(std::uint16_t v);
+    void be32(std::uint32_t v);
+    void be64(std::uint64_t v);
+    std::string& out_;
+};
+
+// Arbitrary bytes -> valid UTF-8 with no control characters: printable ASCII and valid
+// multi-byte UTF-8 pass, every other byte becomes \DDD (as in DNS presentation format).
+// With escape_backslash, '\' becomes "\\" so the result reads back unambiguously (raw bytes
+// such as identity); names already in presentation format keep their escapes as they are.
+std::string sanitize_text(std::string_view raw, bool escape_backslash);
+// JSON string literal (with quotes) of already valid UTF-8.
+void append_json_string(std::string& out, std::string_view utf8);
+
+// Every column of dnstap.exchange the collector writes, in COPY order. Defined once: the
+// COPY statement and the row encoder both walk this table.
+struct RowSource;
+struct Column {
+    std::string_view name;
+    void (*encode)(const RowSource&, RowWriter&);
+};
+std::span<const Column> exchange_columns() noexcept;
+std::string exchange_copy_statement();
+
+// The time a row is filed under (unix microseconds): the query's time when there is a
+// query, else the response's query_time, else its response_time.
+std::int64_t exchange_time_us(const Exchange& e) noexcept;
+
+// Passive DNS rows aggregated over one batch, keyed and sorted like the upsert wants them.
+struct PdnsKey {
+    std::string rrname, rrtype, rdata;
+    friend auto operator<=>(const PdnsKey&, const PdnsKey&) = default;
+};
+struct PdnsValue {
+    std::int64_t first_us = 0, last_us = 0;  // unix microseconds
+    std::uint64_t count = 0;
+    std::string bailiwick, sensor_id;        // empty: NULL
+};
+class PdnsAggregate {
+public:
+    // Answer-section records of the exchange's response, if any.
+    void add(const Exchange& e);
+    const std::map<PdnsKey, PdnsValue>& entries() const noexcept { return entries_; }
+    bool empty() const noexcept { return entries_.empty(); }
+    // COPY rows (no header/trailer) in the staging table's column order, see
+    // pdns_stage_columns.
+    std::string encode() const;
+private:
+    std::map<PdnsKey, PdnsValue> entries_;
+};
+inline constexpr std::string_view pdns_stage_columns =
+    "rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id";
+
+// One batch, encoded: what the writer sends, what the spool stores, and enough to split it
+// by rows when the server rejects some.
+struct EncodedBatch {
+    std::string rows;                        // COPY rows, no header/trailer
+    std::vector<std::uint32_t> row_end;      // end offset of each row in `rows`
+    std::vector<std::uint8_t> messages;      // dnstap messages in each row (1 or 2)
+    std::vector<std::int64_t> times_us;      // each row's time, for partitions
+    std::string pdns_rows;                   // pdns staging COPY rows, no header/trailer
+    std::uint32_t pdns_count = 0;
+
+    std::size_t size() const noexcept { return row_end.size(); }
+    std::uint64_t message_total() const noexcept;
+    std::uint64_t message_total(std::size_t lo, std::size_t hi) const noexcept;
+    // Full COPY payload (header + rows [lo, hi) + trailer).
+    std::string copy_payload(std::size_t lo, std::size_t hi) const;
+    std::string pdns_payload() const;
+    // The rows whose flag is false, and the pdns part when keep_pdns.
+    EncodedBatch subset(const std::vector<bool>& done, bool keep_pdns) const;
+};
+
+EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns);
+void append_exchange(const Exchange& e, EncodedBatch& out);
+
+}  // namespace dnstap_collector::copy

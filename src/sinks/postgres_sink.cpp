@@ -1,0 +1,458 @@
+// PostgresSink: a bounded queue in front of one writer thread that batches exchanges, encodes
+// them as binary COPY, and commits each batch (exchange rows + pdns upsert) in one transaction.
+// When the database is away, batches go to the spool and are replayed when it is back.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "dnstap_collector/log.hpp"
+#include "dnstap_collector/metrics.hpp"
+#include "dnstap_collector/sinks.hpp"
+#include "sinks/copy_encoder.hpp"
+#include "sinks/migrations.hpp"
+#include "sinks/partitions.hpp"
+#include "sinks/pg.hpp"
+#include "sinks/spool.hpp"
+
+namespace dnstap_collector {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr auto consume_wait = 200ms;        // how long consume() waits for room
+constexpr auto backoff_min = 100ms;
+constexpr auto backoff_max = 10'000ms;
+constexpr auto maintenance_every = std::chrono::hours(1);
+constexpr auto replay_slice = 1s;           // spool replay per loop, so live rows keep flowing
+
+constexpr const char* create_stage_sql =
+    "CREATE TEMP TABLE IF NOT EXISTS pdns_stage (rrname text, rrtype text, rdata text, rdata_ip inet,"
+    " time_first timestamptz, time_last timestamptz, count bigint, bailiwick text, sensor_id text)"
+    " ON COMMIT DELETE ROWS";
+
+// Sorted by key so concurrent collectors lock pdns rows in the same order (no deadlocks).
+constexpr const char* upsert_pdns_sql =
+    "INSERT INTO dnstap.pdns AS p (rrname, rrtype, rdata, rdata_ip, time_first, time_last, count,"
+    " bailiwick, sensor_id)"
+    " SELECT rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id"
+    " FROM pdns_stage ORDER BY rrname COLLATE \"C\", rrtype COLLATE \"C\", rdata COLLATE \"C\""
+    " ON CONFLICT (rrname, rrtype, rdata) DO UPDATE SET"
+    " time_first = least(p.time_first, excluded.time_first),"
+    " time_last = greatest(p.time_last, excluded.time_last),"
+    " count = p.count + excluded.count,"
+    " rdata_ip = coalesce(excluded.rdata_ip, p.rdata_ip),"
+    " bailiwick = coalesce(excluded.bailiwick, p.bailiwick),"
+    " sensor_id = coalesce(excluded.sensor_id, p.sensor_id)";
+
+std::int64_t unix_now() {
+    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+}  // namespace
+
+struct PostgresSink::Impl {
+    Impl(PostgresOptions o, Metrics& m)
+        : opt(std::move(o)), metrics(m),
+          parts(opt.partition_width, opt.partitions_ahead, opt.retention_days),
+          copy_sql(copy::exchange_copy_statement()),
+          stage_copy_sql("COPY pdns_stage (" + std::string(copy::pdns_stage_columns) + ") FROM STDIN (FORMAT binary)") {
+        opt.batch_rows = std::max<std::size_t>(opt.batch_rows, 1);
+        opt.queue_rows = std::max(opt.queue_rows, opt.batch_rows);
+    }
+
+    PostgresOptions opt;
+    Metrics& metrics;
+    PartitionManager parts;
+    const std::string copy_sql;
+    const std::string stage_copy_sql;
+
+    // Queue shared with consume(); everything below `writer` belongs to the writer thread
+    // (and to start() before the thread exists).
+    std::mutex mu;
+    std::condition_variable has_rows, has_room;
+    std::deque<Exchange> queue;
+    Clock::time_point first_row_at{};
+    bool closing = false;
+    Clock::time_point deadline{};
+    std::atomic<bool> up{false};
+
+    std::thread writer;
+    bool started = false;
+    std::optional<Spool> spool;
+    std::optional<pg::Connection> conn;
+    Clock::duration backoff = backoff_min;
+    Clock::time_point next_attempt{};
+    bool lost_logged = false;
+    Clock::time_point next_maintenance{};
+    log::RateLimit reject_log{std::chrono::seconds(10)};
+    log::RateLimit drop_log{std::chrono::seconds(10)};
+
+    // --- connection ---
+
+    void connect_now() {
+        pg::Connection c = pg::Connection::open(opt.conninfo);
+        // Every (re)connect: a no-op when up to date, and it covers a database rebuilt meanwhile.
+        migrate(c);
+        if (opt.pdns) c.exec(create_stage_sql);
+        parts.forget();
+        parts.maintain(c, unix_now());
+        next_maintenance = Clock::now() + maintenance_every;
+        std::string where = c.describe();
+        conn = std::move(c);
+        backoff = backoff_min;
+        up = true;
+        metrics.database_up.store(1, std::memory_order_relaxed);
+        if (lost_logged) log::info("database back: " + where);
+        else log::info("database connected: " + where);
+        lost_logged = false;
+    }
+
+    void mark_down(const std::string& reason) {
+        conn.reset();
+        up = false;
+        metrics.database_up.store(0, std::memory_order_relaxed);
+        if (!lost_logged) {
+            log::error("database lost: " + reason +
+                       (spool ? "; spooling to " + opt.spool_dir : std::string("; holding rows")));
+            lost_logged = true;
+        }
+        next_attempt = Clock::now() + backoff;
+        backoff = std::min<Clock::duration>(backoff * 2, backoff_max);
+    }
+
+    void lost(const pg::Error& e) { mark_down(pg::describe_conninfo(opt.conninfo) + ": " + e.what()); }
+
+    // True when connected; otherwise tries when the backoff allows.
+    bool connect() {
+        if (conn && conn->ok()) return true;
+        if (conn) {
+            mark_down(pg::describe_conninfo(opt.conninfo) + ": connection closed");
+            return false;
+        }
+        if (Clock::now() < next_attempt) return false;
+        try {
+            connect_now();
+            return true;
+        } catch (const std::exception& e) {  // includes "schema is newer": keep retrying, logged once
+            mark_down(e.what());
+            return false;
+        }
+    }
+
+    // --- writing ---
+
+    void account(const copy::EncodedBatch& b, std::size_t lo, std::size_t hi) {
+        metrics.rows_written.fetch_add(hi - lo, std::memory_order_relaxed);
+        metrics.messages_stored.fetch_add(b.message_total(lo, hi), std::memory_order_relaxed);
+    }
+
+    void upsert_pdns(const copy::EncodedBatch& b) {
+        conn->copy_in(stage_copy_sql, b.pdns_payload());
+        conn->exec(upsert_pdns_sql);
+    }
+
+    void copy_rows(const copy::EncodedBatch& b, std::size_t lo, std::size_t hi) {
+        conn->copy_in(copy_sql, b.copy_payload(lo, hi));
+    }
+
+    // Commits rows [lo, hi) alone; on rejection splits in halves until the bad rows are alone.
+    // `failure` is set when this range is already known to fail (the whole batch did).
+    void bisect(const copy::EncodedBatch& b, std::size_t lo, std::size_t hi, std::vector<bool>& done,
+                const std::string* failure) {
+        std::string message;
+        if (!failure) {
+            try {
+                conn->exec("BEGIN");
+                copy_rows(b, lo, hi);
+                conn->exec("COMMIT");
+                account(b, lo, hi);
+                std::fill(done.begin() + static_cast<std::ptrdiff_t>(lo), done.begin() + static_cast<std::ptrdiff_t>(hi), true);
+                return;
+            } catch (const pg::Error& e) {
+                if (e.connection_lost) throw;
+                conn->rollback();
+                message = e.what();
+                failure = &message;
+            }
+        }
+        if (hi - lo == 1) {
+            metrics.drop(DropReason::row_rejected, b.messages[lo]);
+            done[lo] = true;
+            std::uint64_t suppressed = 0;
+            if (reject_log.allow(suppressed))
+                log::warning("row rejected by PostgreSQL: " + *failure +
+                             (suppressed ? " (" + std::to_string(suppressed) + " more not shown)" : ""));
+            return;
+        }
+        std::size_t mid = lo + (hi - lo) / 2;
+        bisect(b, lo, mid, done, nullptr);
+        bisect(b, mid, hi, done, nullptr);
+    }
+
+    // Rows and pdns in one transaction. On a rejected row: rows in halves, then pdns alone.
+    // Throws pg::Error (connection_lost) with `b` reduced to what was not committed.
+    void store(copy::EncodedBatch& b) {
+        auto t0 = Clock::now();
+        try {
+            parts.ensure_rows(*conn, b.times_us);
+        } catch (const pg::Error& e) {
+            if (e.connection_lost) throw;
+            log::warning(std::string("cannot create partition: ") + e.what());  // rows will say more
+        }
+        std::string failure;
+        for (int attempt = 0; attempt < 2 && failure.empty(); ++attempt) {
+            try {
+                conn->exec("BEGIN");
+                if (b.size()) copy_rows(b, 0, b.size());
+                if (b.pdns_count) upsert_pdns(b);
+                conn->exec("COMMIT");
+                account(b, 0, b.size());
+                finish(t0);
+                return;
+            } catch (const pg::Error& e) {
+                if (e.connection_lost) throw;
+                conn->rollback();
+                // 23514: no partition for a row; someone dropped one we thought existed.
+                if (e.sqlstate == "23514" && attempt == 0) {
+                    try {
+                        parts.forget();
+                        parts.ensure_rows(*conn, b.times_us);
+                    } catch (const pg::Error& again) {
+                        if (again.connection_lost) throw;
+                    }
+                    continue;
+                }
+                failure = e.what();
+            }
+        }
+        log::warning("batch of " + std::to_string(b.size()) + " rows failed (" + failure +
+                     "); retrying in parts to keep the good rows");
+        std::vector<bool> done(b.size(), false);
+        try {
+            if (b.size()) bisect(b, 0, b.size(), done, b.size() == 1 ? &failure : nullptr);
+        } catch (const pg::Error&) {
+            b = b.subset(done, true);
+            throw;
+        }
+        if (b.pdns_count) {
+            try {
+                conn->exec("BEGIN");
+                upsert_pdns(b);
+                conn->exec("COMMIT");
+            } catch (const pg::Error& e) {
+                if (e.connection_lost) {
+                    b = b.subset(done, true);
+                    throw;
+                }
+                conn->rollback();
+                log::warning(std::string("pdns upsert failed, batch's pdns records skipped: ") + e.what());
+            }
+        }
+        finish(t0);
+    }
+
+    void finish(Clock::time_point t0) {
+        metrics.batches_written.fetch_add(1, std::memory_order_relaxed);
+        auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+        metrics.batch_latency_us_sum.fetch_add(static_cast<std::uint64_t>(us), std::memory_order_relaxed);
+    }
+
+    bool past_deadline() {
+        std::lock_guard lock(mu);
+        return closing && Clock::now() >= deadline;
+    }
+
+    void drop(DropReason why, const copy::EncodedBatch& b) {
+        metrics.drop(why, b.message_total());
+        std::uint64_t suppressed = 0;
+        if (drop_log.allow(suppressed))
+            log::warning("dropped " + std::to_string(b.message_total()) + " messages (" +
+                         std::string(to_string(why)) + ")" +
+                         (suppressed ? ", " + std::to_string(suppressed) + " similar not shown" : ""));
+    }
+
+    // Database, else spool, else wait for the database (the queue fills and consume() counts
+    // sink_full) until shutdown runs out of time.
+    void handle(copy::EncodedBatch&& b) {
+        if (b.size() == 0 && b.pdns_count == 0) return;
+        for (;;) {
+            bool hurry = past_deadline();
+            if (!hurry && connect()) {
+                try {
+                    store(b);
+                    return;
+                } catch (const pg::Error& e) {
+                    lost(e);
+                    if (b.size() == 0 && b.pdns_count == 0) return;
+                }
+            }
+            if (spool) {
+                if (!spool->put(b)) drop(DropReason::spool_full, b);
+                return;
+            }
+            if (hurry) {
+                drop(DropReason::shutdown, b);
+                return;
+            }
+            std::unique_lock lock(mu);
+            auto until = next_attempt;
+            if (closing) until = std::min(until, deadline);
+            has_rows.wait_until(lock, until, [&] { return closing && Clock::now() >= deadline; });
+        }
+    }
+
+    void replay_spool(Clock::time_point until) {
+        while (spool && !spool->empty() && Clock::now() < until && conn) {
+            std::optional<copy::EncodedBatch> b = spool->front();
+            if (!b) return;
+            std::size_t rows = b->size();
+            std::uint32_t pdns = b->pdns_count;
+            try {
+                store(*b);
+            } catch (const pg::Error& e) {
+                // Keep only what was not committed, so a later replay adds no duplicates.
+                if (b->size() != rows || b->pdns_count != pdns) spool->replace_front(*b);
+                lost(e);
+                return;
+            }
+            spool->pop_front();
+            if (spool->empty()) log::info("spool replayed");
+        }
+    }
+
+    void maintain() {
+        if (!connect()) return;
+        try {
+            if (Clock::now() >= next_maintenance) {
+                next_maintenance = Clock::now() + maintenance_every;
+                parts.maintain(*conn, unix_now());
+            }
+            replay_spool(Clock::now() + replay_slice);
+        } catch (const pg::Error& e) {
+            if (e.connection_lost) lost(e);
+            else log::warning(std::string("partition maintenance: ") + e.what());
+        }
+    }
+
+    // --- queue ---
+
+    // Takes up to batch_rows, waiting for a full batch at most flush_interval after the first
+    // row arrived. True once closing and nothing is left.
+    bool take(std::vector<Exchange>& out) {
+        std::unique_lock lock(mu);
+        auto idle = spool && !spool->empty() ? 100ms : 1000ms;
+        if (queue.empty() && !closing) has_rows.wait_for(lock, idle, [&] { return !queue.empty() || closing; });
+        if (!queue.empty() && !closing && queue.size() < opt.batch_rows)
+            has_rows.wait_until(lock, first_row_at + opt.flush_interval,
+                                [&] { return queue.size() >= opt.batch_rows || closing; });
+        bool hurry = closing && Clock::now() >= deadline;
+        std::size_t n = hurry ? queue.size() : std::min(queue.size(), opt.batch_rows);
+        out.assign(std::make_move_iterator(queue.begin()),
+                   std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
+        queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(n));
+        if (!queue.empty()) first_row_at = Clock::now();  // the rest waited already: next round soon
+        bool last = closing && queue.empty();
+        lock.unlock();
+        has_room.notify_all();
+        return last;
+    }
+
+    void run() {
+        std::vector<Exchange> batch;
+        for (;;) {
+            bool last = take(batch);
+            if (!batch.empty()) {
+                copy::EncodedBatch encoded = copy::encode_batch(batch, opt.pdns);
+                batch.clear();
+                try {
+                    handle(std::move(encoded));
+                } catch (const std::exception& e) {
+                    log::error(std::string("postgres writer: ") + e.what());
+                    metrics.drop(DropReason::row_rejected, encoded.message_total());
+                }
+            }
+            if (last) break;
+            if (!past_deadline()) maintain();
+        }
+        conn.reset();
+        up = false;
+        metrics.database_up.store(0, std::memory_order_relaxed);
+    }
+
+    void consume(std::vector<Exchange>&& batch) {
+        auto until = Clock::now() + consume_wait;
+        std::size_t i = 0;
+        {
+            std::unique_lock lock(mu);
+            while (i < batch.size() && !closing) {
+                if (queue.size() >= opt.queue_rows) {
+                    has_rows.notify_one();
+                    if (!has_room.wait_until(lock, until, [&] { return queue.size() < opt.queue_rows || closing; }))
+                        break;
+                    if (closing) break;
+                }
+                if (queue.empty()) first_row_at = Clock::now();
+                std::size_t room = opt.queue_rows - queue.size();
+                std::size_t n = std::min(room, batch.size() - i);
+                for (std::size_t k = 0; k < n; ++k) queue.push_back(std::move(batch[i + k]));
+                i += n;
+            }
+        }
+        has_rows.notify_one();
+        std::uint64_t left = 0;
+        for (; i < batch.size(); ++i) left += batch[i].message_count();
+        if (left) metrics.drop(DropReason::sink_full, left);
+    }
+};
+
+PostgresSink::PostgresSink(PostgresOptions options, Metrics& metrics)
+    : impl_(std::make_unique<Impl>(std::move(options), metrics)) {}
+
+PostgresSink::~PostgresSink() { stop(); }
+
+void PostgresSink::start() {
+    Impl& s = *impl_;
+    if (s.started) return;
+    if (!s.opt.spool_dir.empty()) s.spool.emplace(s.opt.spool_dir, s.opt.spool_max_bytes, s.metrics);
+    try {
+        s.connect_now();
+    } catch (const pg::Error& e) {
+        // Not fatal: the writer retries in the background; the spool (if any) takes the rows.
+        s.mark_down(e.what());
+    }
+    s.started = true;
+    s.writer = std::thread([&s] { s.run(); });
+}
+
+void PostgresSink::consume(std::vector<Exchange>&& batch) { impl_->consume(std::move(batch)); }
+
+void PostgresSink::stop() {
+    Impl& s = *impl_;
+    {
+        std::lock_guard lock(s.mu);
+        if (!s.closing) {
+            s.closing = true;
+            s.deadline = Clock::now() + s.opt.shutdown_timeout;
+        }
+    }
+    s.has_rows.notify_all();
+    s.has_room.notify_all();
+    if (s.writer.joinable()) s.writer.join();
+    // Never started: nothing will write what was queued.
+    std::lock_guard lock(s.mu);
+    std::uint64_t left = 0;
+    for (const auto& e : s.queue) left += e.message_count();
+    s.queue.clear();
+    if (left) s.metrics.drop(DropReason::shutdown, left);
+}
+
+bool PostgresSink::database_up() const noexcept { return impl_->up.load(); }
+
+}  // namespace dnstap_collector
