@@ -1,0 +1,395 @@
+// DNS message parsing: header and question by hand (so a row keeps them even when the rest
+// is garbage), everything after the question by libknot, whose rdata printer gives us
+// presentation format for every type it knows and RFC 3597 "\# len hex" for the others.
+
+#include <arpa/inet.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+extern "C" {
+#include <libknot/libknot.h>
+}
+
+#include "dns/dns_internal.hpp"
+#include "dnstap_collector/dns.hpp"
+
+namespace dnstap_collector {
+
+using dns_detail::NameError;
+
+namespace {
+
+constexpr std::size_t header_size = 12;
+constexpr std::size_t rr_fixed_size = 10;  // type, class, ttl, rdlength
+
+inline std::uint16_t rd16(const std::uint8_t* p) noexcept {
+    return static_cast<std::uint16_t>((p[0] << 8) | p[1]);
+}
+
+// Bump allocator for libknot: a message's allocations are thrown away together, so free()
+// does nothing and reset() rewinds. Saves a malloc/free pair per record and rdata.
+class Arena {
+public:
+    Arena() = default;
+    Arena(const Arena&) = delete;
+    Arena& operator=(const Arena&) = delete;
+    ~Arena() {
+        reset();
+        for (void* b : blocks_) std::free(b);
+    }
+
+    void* alloc(std::size_t n) noexcept {
+        n = (n + 15) & ~std::size_t{15};
+        if (n > block_size / 4) return alloc_big(n);
+        if (blocks_.empty() || used_ + n > block_size) {
+            if (current_ + 1 < blocks_.size()) {
+                ++current_;
+            } else {
+                void* b = std::malloc(block_size);
+                if (b == nullptr) return nullptr;
+                if (!push(blocks_, b)) return nullptr;
+                current_ = blocks_.size() - 1;
+            }
+            used_ = 0;
+        }
+        void* p = static_cast<std::byte*>(blocks_[current_]) + used_;
+        used_ += n;
+        return p;
+    }
+
+    void reset() noexcept {
+        for (void* b : big_) std::free(b);
+        big_.clear();
+        current_ = 0;
+        used_ = 0;
+    }
+
+    static void* knot_alloc(void* ctx, std::size_t len) {
+        return static_cast<Arena*>(ctx)->alloc(len);
+    }
+    static void knot_free(void*) {}
+
+private:
+    static constexpr std::size_t block_size = 64 * 1024;
+
+    static bool push(std::vector<void*>& v, void* p) noexcept {
+        try {
+            v.push_back(p);
+            return true;
+        } catch (...) {
+            std::free(p);
+            return false;
+        }
+    }
+    void* alloc_big(std::size_t n) noexcept {
+        void* b = std::malloc(n);
+        if (b == nullptr || !push(big_, b)) return nullptr;
+        return b;
+    }
+
+    std::vector<void*> blocks_;
+    std::vector<void*> big_;
+    std::size_t current_ = 0;
+    std::size_t used_ = 0;
+};
+
+// Owns one parsed knot_pkt_t; freeing is cheap with the arena but keeps this correct with
+// any allocator.
+class KnotPacket {
+public:
+    explicit KnotPacket(knot_pkt_t* p) noexcept : p_(p) {}
+    KnotPacket(const KnotPacket&) = delete;
+    KnotPacket& operator=(const KnotPacket&) = delete;
+    ~KnotPacket() {
+        if (p_ != nullptr) knot_pkt_free(p_);
+    }
+    knot_pkt_t* get() const noexcept { return p_; }
+
+private:
+    knot_pkt_t* p_;
+};
+
+// Per-thread parsing state, reused for every message: the arena, a private copy of the wire
+// (knot_pkt_t wants a mutable buffer) and the rdata text buffer.
+struct Parser {
+    Arena arena;
+    knot_mm_t mm{};
+    std::unique_ptr<std::uint8_t[]> wire{new std::uint8_t[65535]};
+    std::vector<char> text = std::vector<char>(4096);
+    knot_dump_style_t style = KNOT_DUMP_STYLE_DEFAULT;
+
+    Parser() {
+        mm.ctx = &arena;
+        mm.alloc = &Arena::knot_alloc;
+        mm.free = &Arena::knot_free;
+        style.wrap = false;
+        style.generic = false;      // presentation format; libknot falls back to \# for unknown types
+        style.human_timestamp = true;  // RRSIG times as YYYYMMDDHHmmSS, like dig
+        style.ascii_to_idn = nullptr;
+        style.color = nullptr;
+    }
+};
+
+Parser& parser() {
+    thread_local Parser p;
+    return p;
+}
+
+void reset(DnsMessage& m) {
+    m.error.clear();
+    m.size = 0;
+    m.id = m.flags = m.rcode = 0;
+    m.qdcount = m.ancount = m.nscount = m.arcount = 0;
+    m.has_question = false;
+    m.qname.clear();
+    m.qtype = m.qclass = 0;
+    m.answers.clear();
+    m.has_edns = false;
+    m.edns_udp_size = 0;
+    m.edns_version = 0;
+    m.edns_do = false;
+    m.ecs.clear();
+    m.ede_code = -1;
+    m.ede_text.clear();
+}
+
+// Walks the records after the question without libknot, to name the first problem when
+// libknot refused the message (it only says "malformed").
+std::string_view classify_failure(const std::uint8_t* w, std::size_t len, std::size_t pos,
+                                  std::size_t records) {
+    std::string scratch;
+    for (std::size_t i = 0; i < records; ++i) {
+        if (pos >= len) return "truncated";
+        scratch.clear();
+        const auto r = dns_detail::read_name(w, len, pos, scratch, false);
+        if (r.error != NameError::none) return dns_detail::to_string(r.error);
+        pos = r.next;
+        if (len - pos < rr_fixed_size) return "truncated";
+        const std::size_t rdlength = rd16(w + pos + 8);
+        pos += rr_fixed_size;
+        if (len - pos < rdlength) return "truncated";
+        pos += rdlength;
+    }
+    if (pos < len) return "trailing_data";
+    return "bad_rr";  // framing is fine: libknot rejected some rdata, or OPT/TSIG misplaced
+}
+
+// Rdata in presentation format. Names inside rdata follow the convention of every other name
+// we store: lowercase and without the trailing dot (the root stays "."). libknot already
+// lowercases the names of the RFC 4034 6.2 types while parsing; tokens that end in an
+// unescaped '.' outside quotes are names, and we strip and lowercase them. Any octet outside
+// printable ASCII is escaped as \DDD so the text is safe for PostgreSQL.
+void normalize_rdata(const char* s, std::size_t n, std::string& out) {
+    out.clear();
+    out.reserve(n);
+    bool quoted = false;
+    std::size_t token_start = 0;
+    auto end_token = [&]() {
+        const std::size_t tlen = out.size() - token_start;
+        if (tlen < 2 || out.back() != '.') return;
+        // The dot is a separator when preceded by an even run of backslashes.
+        std::size_t backslashes = 0;
+        for (std::size_t i = out.size() - 1; i > token_start && out[i - 1] == '\\'; --i)
+            ++backslashes;
+        if (backslashes % 2 != 0) return;
+        out.pop_back();
+        for (std::size_t i = token_start; i < out.size(); ++i)
+            if (out[i] >= 'A' && out[i] <= 'Z') out[i] = static_cast<char>(out[i] + ('a' - 'A'));
+    };
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto c = static_cast<std::uint8_t>(s[i]);
+        if (c == '\\' && i + 1 < n) {  // copy escapes whole so an escaped quote stays inside
+            const auto e = static_cast<std::uint8_t>(s[++i]);
+            if (e >= 0x20 && e < 0x7F) {
+                out.push_back('\\');
+                out.push_back(static_cast<char>(e));
+            } else {  // "\<octet>" means the octet: write it as \DDD
+                dns_detail::append_escaped_ascii(out, std::string_view(&s[i], 1));
+            }
+            continue;
+        }
+        if (c == '"') quoted = !quoted;
+        if (c == ' ' && !quoted) {
+            end_token();
+            out.push_back(' ');
+            token_start = out.size();
+            continue;
+        }
+        if (c < 0x20 || c >= 0x7F) {
+            dns_detail::append_escaped_ascii(out, std::string_view(&s[i], 1));
+        } else {
+            out.push_back(static_cast<char>(c));
+        }
+    }
+    if (!quoted) end_token();
+}
+
+// RFC 3597 form, used when libknot cannot print the rdata in its type's own format.
+void generic_rdata(const knot_rdata_t* rd, std::string& out) {
+    static constexpr char hex[] = "0123456789abcdef";
+    out = "\\# " + std::to_string(rd->len);
+    if (rd->len > 0) out.push_back(' ');
+    for (std::uint16_t i = 0; i < rd->len; ++i) {
+        out.push_back(hex[rd->data[i] >> 4]);
+        out.push_back(hex[rd->data[i] & 0xF]);
+    }
+}
+
+void dump_rdata(Parser& ps, const knot_rrset_t* rr, std::uint16_t pos, std::string& out) {
+    for (;;) {
+        const int n = knot_rrset_txt_dump_data(rr, pos, ps.text.data(), ps.text.size(), &ps.style);
+        if (n >= 0) {
+            normalize_rdata(ps.text.data(), static_cast<std::size_t>(n), out);
+            return;
+        }
+        // 64 KiB of rdata is at most ~256 KiB of text; beyond that it is not a space problem.
+        if (n == KNOT_ESPACE && ps.text.size() < (1u << 20)) {
+            ps.text.resize(ps.text.size() * 2);
+            continue;
+        }
+        generic_rdata(knot_rdataset_at(&rr->rrs, pos), out);
+        return;
+    }
+}
+
+void read_edns(const knot_pkt_t* pkt, DnsMessage& m) {
+    const knot_rrset_t* opt = pkt->opt_rr;
+    if (opt == nullptr) return;
+    m.has_edns = true;
+    m.edns_udp_size = knot_edns_get_payload(opt);
+    m.edns_version = knot_edns_get_version(opt);
+    m.edns_do = knot_edns_do(opt);
+    m.rcode = knot_edns_whole_rcode(knot_edns_get_ext_rcode(opt), static_cast<std::uint8_t>(m.rcode));
+
+    if (const std::uint8_t* o = knot_pkt_edns_option(pkt, KNOT_EDNS_OPTION_CLIENT_SUBNET)) {
+        knot_edns_client_subnet_t ecs{};
+        const std::uint16_t olen = knot_edns_opt_get_length(o);
+        if (knot_edns_client_subnet_parse(&ecs, o + KNOT_EDNS_OPTION_HDRLEN, olen) == KNOT_EOK) {
+            std::uint8_t addr[16] = {};
+            std::memcpy(addr, ecs.address, sizeof addr);
+            char text[INET6_ADDRSTRLEN];
+            const int af = ecs.family == 1 ? AF_INET : ecs.family == 2 ? AF_INET6 : 0;
+            if (af != 0 && inet_ntop(af, addr, text, sizeof text) != nullptr) {
+                m.ecs = text;
+                m.ecs += '/';
+                m.ecs += std::to_string(ecs.source_len);
+            }
+        }
+    }
+    if (const std::uint8_t* o = knot_pkt_edns_option(pkt, KNOT_EDNS_OPTION_EDE)) {
+        const std::uint16_t olen = knot_edns_opt_get_length(o);
+        const std::uint8_t* d = o + KNOT_EDNS_OPTION_HDRLEN;
+        if (olen >= 2) {
+            m.ede_code = rd16(d);
+            // EXTRA-TEXT is UTF-8 per RFC 8914; escaped to keep the column plain ASCII.
+            dns_detail::append_escaped_ascii(
+                m.ede_text, std::string_view(reinterpret_cast<const char*>(d + 2), olen - 2u));
+        }
+    }
+}
+
+void read_answers(Parser& ps, const knot_pkt_t* pkt, DnsMessage& m) {
+    const knot_pktsection_t* an = knot_pkt_section(pkt, KNOT_ANSWER);
+    m.answers.reserve(an->count);
+    for (std::uint16_t i = 0; i < an->count; ++i) {
+        const knot_rrset_t* rr = knot_pkt_rr(an, i);
+        for (std::uint16_t j = 0; j < rr->rrs.count; ++j) {
+            ResourceRecord& r = m.answers.emplace_back();
+            const std::size_t owner_len = knot_dname_size(rr->owner);
+            if (!name_to_text({rr->owner, owner_len}, r.name, true)) r.name = "?";
+            r.type = rr->type;
+            r.rclass = rr->rclass;
+            r.ttl = rr->ttl;
+            dump_rdata(ps, rr, j, r.rdata);
+        }
+    }
+}
+
+}  // namespace
+
+bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m) {
+    reset(m);
+    const std::uint8_t* w = wire.data();
+    const std::size_t len = wire.size();
+    m.size = static_cast<std::uint32_t>(len);
+    if (len < header_size) {
+        m.error = "truncated";
+        return false;
+    }
+    m.id = rd16(w);
+    m.flags = rd16(w + 2);
+    m.rcode = m.flags & 0xF;
+    m.qdcount = rd16(w + 4);
+    m.ancount = rd16(w + 6);
+    m.nscount = rd16(w + 8);
+    m.arcount = rd16(w + 10);
+
+    std::size_t pos = header_size;
+    bool qname_compressed = false;
+    if (m.qdcount > 0) {
+        const auto r = dns_detail::read_name(w, len, pos, m.qname, /*lowercase=*/false);
+        if (r.error != NameError::none) {
+            m.error = dns_detail::to_string(r.error);
+            m.qname.clear();
+            return false;
+        }
+        if (len - r.next < 4) {
+            m.error = "truncated";
+            m.qname.clear();
+            return false;
+        }
+        m.has_question = true;
+        qname_compressed = r.compressed;
+        m.qtype = rd16(w + r.next);
+        m.qclass = rd16(w + r.next + 2);
+        pos = r.next + 4;
+    }
+    const std::size_t records = std::size_t{m.ancount} + m.nscount + m.arcount;
+    if (m.qdcount > 1) {
+        // libknot (like most servers) refuses several questions; keep the first.
+        m.error = "bad_qdcount";
+        return false;
+    }
+    if (records == 0) {
+        if (pos < len) {
+            m.error = "trailing_data";
+            return false;
+        }
+        return true;  // header + question only: nothing for libknot to do
+    }
+    if (len > 65535) {
+        m.error = "too_large";
+        return false;
+    }
+
+    Parser& ps = parser();
+    ps.arena.reset();
+    std::memcpy(ps.wire.get(), w, len);
+    KnotPacket pkt(knot_pkt_new(ps.wire.get(), static_cast<std::uint16_t>(len), &ps.mm));
+    if (pkt.get() == nullptr) {
+        m.error = "no_memory";
+        return false;
+    }
+    // KEEPWIRE: do not strip TSIG from the wire; NOCANON left off so owner and rdata names
+    // of the RFC 4034 types come out lowercase.
+    const int ret = knot_pkt_parse(pkt.get(), KNOT_PF_KEEPWIRE);
+    // On failure libknot keeps the records parsed before the bad one: use them.
+    read_answers(ps, pkt.get(), m);
+    read_edns(pkt.get(), m);
+    if (ret != KNOT_EOK) {
+        if (ret == KNOT_ETRAIL) {
+            m.error = "trailing_data";
+        } else if (qname_compressed) {
+            m.error = "bad_compression";  // libknot refuses pointers in the question
+        } else {
+            m.error = classify_failure(w, len, pos, records);
+        }
+        return false;
+    }
+    return true;
+}
+
+}  // namespace dnstap_collector

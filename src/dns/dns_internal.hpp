@@ -1,0 +1,30 @@
+// Helpers shared by the files of src/dns (not part of the public contract).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace dnstap_collector::dns_detail {
+
+enum class NameError : std::uint8_t { none, truncated, bad_compression, name_too_long, bad_label };
+std::string_view to_string(NameError e) noexcept;
+
+struct NameResult {
+    NameError error = NameError::none;
+    std::size_t next = 0;     // offset just past the name where it started (not where pointers led)
+    bool compressed = false;  // a compression pointer was followed
+};
+
+// Reads the name at `pos` of the message `msg[0..len)` and appends its presentation form to
+// `out`. Pointers are followed only when `allow_pointers`, and only to before the start of the
+// labels that led to them, which makes loops impossible. On error `out` holds the labels read so far.
+NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, std::string& out,
+                     bool lowercase, bool allow_pointers = true);
+
+// Appends `s` with every octet outside printable ASCII as \DDD and backslash as "\\", so the
+// result is plain ASCII whatever the input (it goes into PostgreSQL text columns).
+void append_escaped_ascii(std::string& out, std::string_view s);
+
+}  // namespace dnstap_collector::dns_detail

@@ -1,0 +1,209 @@
+// Domain names to presentation format, and the mnemonics of types, classes, rcodes, opcodes.
+// Hand-written rather than knot_dname_to_str: we need the name as sent (case kept), no
+// trailing dot, and a guarantee of plain ASCII output, without allocating.
+
+#include <array>
+#include <cstdio>
+#include <cstring>
+
+extern "C" {
+#include <libknot/libknot.h>
+}
+
+#include "dns/dns_internal.hpp"
+#include "dnstap_collector/dns.hpp"
+
+namespace dnstap_collector {
+namespace dns_detail {
+
+namespace {
+
+constexpr std::size_t max_name_wire = 255;  // RFC 1035 2.3.4, length octets included
+
+// Octets BIND also escapes with a backslash in presentation format; escaping the same set
+// keeps our text equal to dnstap-read's.
+constexpr bool needs_backslash(std::uint8_t c) noexcept {
+    return c == '.' || c == '\\' || c == '"' || c == '(' || c == ')' || c == ';' || c == '@' ||
+           c == '$';
+}
+
+// Appends "\DDD" to p and returns the new end.
+inline char* put_ddd(char* p, std::uint8_t c) noexcept {
+    p[0] = '\\';
+    p[1] = static_cast<char>('0' + c / 100);
+    p[2] = static_cast<char>('0' + (c / 10) % 10);
+    p[3] = static_cast<char>('0' + c % 10);
+    return p + 4;
+}
+
+}  // namespace
+
+std::string_view to_string(NameError e) noexcept {
+    switch (e) {
+    case NameError::none: return "";
+    case NameError::truncated: return "truncated";
+    case NameError::bad_compression: return "bad_compression";
+    case NameError::name_too_long: return "name_too_long";
+    case NameError::bad_label: return "bad_name";
+    }
+    return "bad_name";
+}
+
+NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, std::string& out,
+                     bool lowercase, bool allow_pointers) {
+    NameResult result;
+    // Worst case: 255 octets of name, each as \DDD.
+    std::array<char, max_name_wire * 4 + 8> buf;
+    char* p = buf.data();
+    std::size_t wire_len = 0;  // uncompressed length so far, length octets included
+    bool jumped = false;
+    bool first = true;
+    std::size_t run_start = pos;
+
+    auto finish = [&](NameError e) {
+        out.append(buf.data(), static_cast<std::size_t>(p - buf.data()));
+        result.error = e;
+        if (!jumped && e != NameError::none) result.next = pos;
+        return result;
+    };
+
+    for (;;) {
+        if (pos >= len) return finish(NameError::truncated);
+        const std::uint8_t l = msg[pos];
+        if (l == 0) {
+            if (first) *p++ = '.';  // the root
+            if (!jumped) result.next = pos + 1;
+            return finish(NameError::none);
+        }
+        switch (l & 0xC0) {
+        case 0xC0: {
+            if (!allow_pointers) return finish(NameError::bad_compression);
+            if (pos + 1 >= len) return finish(NameError::truncated);
+            const std::size_t target = (static_cast<std::size_t>(l & 0x3F) << 8) | msg[pos + 1];
+            // Only to before where the current run of labels began: that bound strictly
+            // decreases with every jump, so the walk ends (a suffix is always written first).
+            if (target >= run_start) return finish(NameError::bad_compression);
+            run_start = target;
+            if (!jumped) result.next = pos + 2;
+            jumped = true;
+            result.compressed = true;
+            pos = target;
+            continue;
+        }
+        case 0x00: break;
+        default: return finish(NameError::bad_label);  // 0x40 / 0x80: extended label types
+        }
+        wire_len += 1 + l;
+        if (wire_len + 1 > max_name_wire) return finish(NameError::name_too_long);
+        if (pos + 1 + l > len) return finish(NameError::truncated);
+        if (!first) *p++ = '.';
+        first = false;
+        for (const std::uint8_t* c = msg + pos + 1, *e = c + l; c != e; ++c) {
+            std::uint8_t ch = *c;
+            if (ch > 0x20 && ch < 0x7F) {
+                if (needs_backslash(ch)) {
+                    *p++ = '\\';
+                } else if (lowercase && ch >= 'A' && ch <= 'Z') {
+                    ch = static_cast<std::uint8_t>(ch + ('a' - 'A'));
+                }
+                *p++ = static_cast<char>(ch);
+            } else {
+                p = put_ddd(p, ch);
+            }
+        }
+        pos += 1 + l;
+    }
+}
+
+void append_escaped_ascii(std::string& out, std::string_view s) {
+    for (const char sc : s) {
+        const auto c = static_cast<std::uint8_t>(sc);
+        if (c >= 0x20 && c < 0x7F) {
+            if (c == '\\') out.push_back('\\');
+            out.push_back(sc);
+        } else {
+            char b[4];
+            put_ddd(b, c);
+            out.append(b, 4);
+        }
+    }
+}
+
+}  // namespace dns_detail
+
+bool name_to_text(std::span<const std::uint8_t> wire_name, std::string& out, bool lowercase) {
+    out.clear();
+    if (wire_name.empty()) return false;
+    const auto r = dns_detail::read_name(wire_name.data(), wire_name.size(), 0, out, lowercase,
+                                         /*allow_pointers=*/false);
+    // A stand-alone name must be exactly one name: no pointers, nothing after the root label.
+    return r.error == dns_detail::NameError::none && r.next == wire_name.size();
+}
+
+std::string lowercase_name(std::string_view presentation) {
+    std::string s(presentation);
+    // Escapes are "\c" or "\DDD": lowercasing an escaped letter keeps the name equal
+    // (names compare case-insensitively) and digits are untouched.
+    for (char& c : s)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+    return s;
+}
+
+std::string type_to_text(std::uint16_t type) {
+    char buf[32];
+    if (knot_rrtype_to_string(type, buf, sizeof buf) > 0) return buf;
+    std::snprintf(buf, sizeof buf, "TYPE%u", static_cast<unsigned>(type));
+    return buf;
+}
+
+std::string class_to_text(std::uint16_t rclass) {
+    switch (rclass) {
+    case 1: return "IN";
+    case 3: return "CH";
+    case 4: return "HS";
+    case 254: return "NONE";
+    case 255: return "ANY";
+    default: return "CLASS" + std::to_string(rclass);
+    }
+}
+
+std::string rcode_to_text(std::uint16_t rcode) {
+    // IANA "DNS RCODEs"; 16 is BADVERS in an OPT context, which is where extended rcodes
+    // come from here (BADSIG only appears inside TSIG records).
+    static constexpr std::array<const char*, 24> names = {
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP",   "REFUSED",
+        "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH",  "NOTZONE",  "DSOTYPENI",
+        nullptr,   nullptr,   nullptr,   nullptr,    "BADVERS",  "BADKEY",
+        "BADTIME", "BADMODE", "BADNAME", "BADALG",   "BADTRUNC", "BADCOOKIE",
+    };
+    if (rcode < names.size() && names[rcode] != nullptr) return names[rcode];
+    return "RCODE" + std::to_string(rcode);
+}
+
+std::string opcode_to_text(std::uint8_t opcode) {
+    switch (opcode) {
+    case 0: return "QUERY";
+    case 1: return "IQUERY";
+    case 2: return "STATUS";
+    case 4: return "NOTIFY";
+    case 5: return "UPDATE";
+    case 6: return "DSO";
+    default: return "OPCODE" + std::to_string(opcode);
+    }
+}
+
+std::string flags_to_text(std::uint16_t flags) {
+    static constexpr std::array<std::pair<std::uint16_t, const char*>, 7> bits = {{
+        {0x8000, "qr"}, {0x0400, "aa"}, {0x0200, "tc"}, {0x0100, "rd"},
+        {0x0080, "ra"}, {0x0020, "ad"}, {0x0010, "cd"},
+    }};
+    std::string s;
+    for (const auto& [bit, name] : bits) {
+        if (!(flags & bit)) continue;
+        if (!s.empty()) s.push_back(' ');
+        s += name;
+    }
+    return s;
+}
+
+}  // namespace dnstap_collector
