@@ -53,6 +53,7 @@ struct DnstapMessage {
     SocketFamily family = SocketFamily::unknown;
     SocketProtocol protocol = SocketProtocol::unknown;
     IpAddress query_address, response_address;
+    bool bad_address_length = false;     // an address was neither 4 nor 16 bytes: kept empty
     std::uint32_t query_port = 0, response_port = 0;
     bool has_query_port = false, has_response_port = false;
     std::int64_t query_time_ns = -1;     // unix epoch ns, -1 when absent

@@ -1,0 +1,226 @@
+// dnstap protobuf frame -> DnstapMessage, with the DNS payloads parsed by parse_dns().
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <climits>
+#include <cstring>
+
+#include "dnstap.pb.h"
+
+#include "dns/dns_internal.hpp"
+#include "dnstap_collector/decode.hpp"
+
+namespace dnstap_collector {
+
+namespace {
+
+// Reused per thread: Clear() keeps the string buffers, so steady state allocates little.
+dnstap::Dnstap& scratch() {
+    thread_local dnstap::Dnstap d;
+    return d;
+}
+
+// Free-form bytes (identity, version, extra, policy type) go to text columns: escaped to
+// plain ASCII; the common all-printable case is a plain copy.
+void set_text(std::string& out, const std::string& in) {
+    out.clear();
+    dns_detail::append_escaped_ascii(out, in);
+}
+
+// Returns false when the length is neither 4 nor 16 (the address stays empty).
+bool set_address(IpAddress& out, const std::string& in) {
+    if (in.size() != 4 && in.size() != 16) return false;
+    std::memcpy(out.bytes.data(), in.data(), in.size());
+    out.length = static_cast<std::uint8_t>(in.size());
+    return true;
+}
+
+std::int64_t to_ns(std::uint64_t sec, std::uint32_t nsec) {
+    constexpr std::uint64_t max_sec = static_cast<std::uint64_t>(INT64_MAX) / 1'000'000'000ULL - 1;
+    if (sec > max_sec) return -1;  // not a time we can represent: treat as absent
+    return static_cast<std::int64_t>(sec) * 1'000'000'000LL + static_cast<std::int64_t>(nsec);
+}
+
+std::string hex(const std::string& bytes) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string s;
+    s.reserve(bytes.size() * 2);
+    for (const char c : bytes) {
+        const auto b = static_cast<std::uint8_t>(c);
+        s.push_back(digits[b >> 4]);
+        s.push_back(digits[b & 0xF]);
+    }
+    return s;
+}
+
+std::span<const std::uint8_t> bytes_of(const std::string& s) {
+    return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+void decode_policy(const dnstap::Policy& in, Policy& out) {
+    out.present = true;
+    if (in.has_type()) set_text(out.type, in.type());
+    if (in.has_rule()) {
+        // RPZ rules are owner names of the policy zone; anything else is kept escaped.
+        if (!name_to_text(bytes_of(in.rule()), out.rule, true)) set_text(out.rule, in.rule());
+    }
+    if (in.has_action()) out.action = dnstap::Policy_Action_Name(in.action());
+    if (in.has_match()) out.match = dnstap::Policy_Match_Name(in.match());
+    if (in.has_value()) {
+        const std::string& v = in.value();
+        const auto match = in.has_match() ? in.match() : dnstap::Policy_Match{};
+        const bool ip_match = match == dnstap::Policy_Match_CLIENT_IP ||
+                              match == dnstap::Policy_Match_RESPONSE_IP ||
+                              match == dnstap::Policy_Match_NS_IP;
+        const bool name_match =
+            match == dnstap::Policy_Match_QNAME || match == dnstap::Policy_Match_NS_NAME;
+        IpAddress ip;
+        if (ip_match && set_address(ip, v)) {
+            out.value = ip.to_string();
+        } else if (!(name_match && name_to_text(bytes_of(v), out.value, true))) {
+            out.value = hex(v);
+        }
+    }
+}
+
+void reset(DnstapMessage& m) {
+    m.identity.clear();
+    m.version.clear();
+    m.extra.clear();
+    m.type = MessageType::unknown;
+    m.family = SocketFamily::unknown;
+    m.protocol = SocketProtocol::unknown;
+    m.query_address = {};
+    m.response_address = {};
+    m.bad_address_length = false;
+    m.query_port = m.response_port = 0;
+    m.has_query_port = m.has_response_port = false;
+    m.query_time_ns = m.response_time_ns = -1;
+    m.query_zone.clear();
+    m.query.reset();
+    m.response.reset();
+    m.policy = {};
+    m.http_protocol = 0;
+    m.frame_size = 0;
+}
+
+}  // namespace
+
+bool is_query(MessageType t) noexcept {
+    return (static_cast<unsigned>(t) & 1u) != 0;
+}
+
+std::string_view kind_of(MessageType t) noexcept {
+    switch (t) {
+    case MessageType::auth_query:
+    case MessageType::auth_response: return "auth";
+    case MessageType::resolver_query:
+    case MessageType::resolver_response: return "resolver";
+    case MessageType::client_query:
+    case MessageType::client_response: return "client";
+    case MessageType::forwarder_query:
+    case MessageType::forwarder_response: return "forwarder";
+    case MessageType::stub_query:
+    case MessageType::stub_response: return "stub";
+    case MessageType::tool_query:
+    case MessageType::tool_response: return "tool";
+    case MessageType::update_query:
+    case MessageType::update_response: return "update";
+    case MessageType::unknown: break;
+    }
+    return "unknown";
+}
+
+std::string_view short_name(MessageType t) noexcept {
+    static constexpr std::string_view names[] = {
+        "??", "AQ", "AR", "RQ", "RR", "CQ", "CR", "FQ", "FR", "SQ", "SR", "TQ", "TR", "UQ", "UR",
+    };
+    const auto i = static_cast<std::size_t>(t);
+    return i < std::size(names) ? names[i] : names[0];
+}
+
+std::string_view to_string(MessageType t) noexcept {
+    static constexpr std::string_view names[] = {
+        "UNKNOWN",         "AUTH_QUERY",         "AUTH_RESPONSE",   "RESOLVER_QUERY",
+        "RESOLVER_RESPONSE", "CLIENT_QUERY",     "CLIENT_RESPONSE", "FORWARDER_QUERY",
+        "FORWARDER_RESPONSE", "STUB_QUERY",      "STUB_RESPONSE",   "TOOL_QUERY",
+        "TOOL_RESPONSE",   "UPDATE_QUERY",       "UPDATE_RESPONSE",
+    };
+    const auto i = static_cast<std::size_t>(t);
+    return i < std::size(names) ? names[i] : names[0];
+}
+
+std::string_view to_string(SocketProtocol p) noexcept {
+    static constexpr std::string_view names[] = {
+        "unknown", "udp", "tcp", "dot", "doh", "dnscrypt-udp", "dnscrypt-tcp", "doq",
+    };
+    const auto i = static_cast<std::size_t>(p);
+    return i < std::size(names) ? names[i] : names[0];
+}
+
+std::string IpAddress::to_string() const {
+    char buf[INET6_ADDRSTRLEN];
+    const int af = length == 4 ? AF_INET : length == 16 ? AF_INET6 : 0;
+    if (af == 0 || inet_ntop(af, bytes.data(), buf, sizeof buf) == nullptr) return {};
+    return buf;
+}
+
+const DnsMessage* DnstapMessage::primary() const noexcept {
+    if (!is_query(type) && response) return &*response;
+    if (query) return &*query;
+    return response ? &*response : nullptr;
+}
+
+std::int64_t DnstapMessage::event_time_ns() const noexcept {
+    if (!is_query(type) && response_time_ns >= 0) return response_time_ns;
+    return query_time_ns >= 0 ? query_time_ns : response_time_ns;
+}
+
+DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& out) {
+    reset(out);
+    out.frame_size = static_cast<std::uint32_t>(frame.size());
+    if (frame.size() > static_cast<std::size_t>(INT_MAX)) return DecodeStatus::bad_protobuf;
+
+    dnstap::Dnstap& d = scratch();
+    // Partial parse + IsInitialized(): same verdict as ParseFromArray, which would also log
+    // every frame missing a required field.
+    if (!d.ParsePartialFromArray(frame.data(), static_cast<int>(frame.size())) ||
+        !d.IsInitialized())
+        return DecodeStatus::bad_protobuf;
+    if (d.type() != dnstap::Dnstap_Type_MESSAGE || !d.has_message())
+        return DecodeStatus::not_message;
+
+    if (d.has_identity()) set_text(out.identity, d.identity());
+    if (d.has_version()) set_text(out.version, d.version());
+    if (d.has_extra()) set_text(out.extra, d.extra());
+
+    const dnstap::Message& m = d.message();
+    out.type = static_cast<MessageType>(m.type());  // required, and a closed enum: 1..14
+    if (m.has_socket_family()) out.family = static_cast<SocketFamily>(m.socket_family());
+    if (m.has_socket_protocol()) out.protocol = static_cast<SocketProtocol>(m.socket_protocol());
+    if (m.has_query_address() && !set_address(out.query_address, m.query_address()))
+        out.bad_address_length = true;
+    if (m.has_response_address() && !set_address(out.response_address, m.response_address()))
+        out.bad_address_length = true;
+    out.has_query_port = m.has_query_port();
+    out.query_port = m.query_port();
+    out.has_response_port = m.has_response_port();
+    out.response_port = m.response_port();
+    if (m.has_query_time_sec()) out.query_time_ns = to_ns(m.query_time_sec(), m.query_time_nsec());
+    if (m.has_response_time_sec())
+        out.response_time_ns = to_ns(m.response_time_sec(), m.response_time_nsec());
+    if (m.has_query_zone() && !name_to_text(bytes_of(m.query_zone()), out.query_zone, true))
+        set_text(out.query_zone, m.query_zone());
+    if (m.has_policy()) decode_policy(m.policy(), out.policy);
+    if (m.has_http_protocol()) out.http_protocol = static_cast<std::uint8_t>(m.http_protocol());
+
+    bool dns_ok = true;
+    if (m.has_query_message())
+        dns_ok &= parse_dns(bytes_of(m.query_message()), out.query.emplace());
+    if (m.has_response_message())
+        dns_ok &= parse_dns(bytes_of(m.response_message()), out.response.emplace());
+    return dns_ok ? DecodeStatus::ok : DecodeStatus::dns_error;
+}
+
+}  // namespace dnstap_collector
