@@ -1,0 +1,414 @@
+// Binary COPY layout of dnstap.exchange rows and pdns aggregates; no database needed.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "sinks/copy_encoder.hpp"
+#include "sinks/partitions.hpp"
+#include "sinks/spool.hpp"
+
+using namespace dnstap_collector;
+using namespace dnstap_collector::copy;
+
+namespace {
+
+std::string bytes(std::initializer_list<int> b) {
+    std::string s;
+    for (int v : b) s.push_back(static_cast<char>(v));
+    return s;
+}
+
+IpAddress ip4(int a, int b, int c, int d) {
+    IpAddress ip;
+    ip.length = 4;
+    ip.bytes[0] = static_cast<std::uint8_t>(a);
+    ip.bytes[1] = static_cast<std::uint8_t>(b);
+    ip.bytes[2] = static_cast<std::uint8_t>(c);
+    ip.bytes[3] = static_cast<std::uint8_t>(d);
+    return ip;
+}
+
+// One parsed binary COPY row: field values, std::nullopt for NULL.
+using Row = std::vector<std::optional<std::string>>;
+
+std::uint32_t be32(const std::string& s, std::size_t pos) {
+    std::uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<unsigned char>(s[pos + static_cast<std::size_t>(i)]);
+    return v;
+}
+std::int64_t be64(const std::string& s) {
+    std::uint64_t v = 0;
+    for (char c : s) v = (v << 8) | static_cast<unsigned char>(c);
+    return static_cast<std::int64_t>(v);
+}
+
+std::vector<Row> parse_rows(const std::string& data) {
+    std::vector<Row> rows;
+    std::size_t pos = 0;
+    while (pos < data.size()) {
+        int n = (static_cast<unsigned char>(data[pos]) << 8) | static_cast<unsigned char>(data[pos + 1]);
+        pos += 2;
+        Row row;
+        for (int f = 0; f < n; ++f) {
+            std::uint32_t len = be32(data, pos);
+            pos += 4;
+            if (len == 0xffffffffu) {
+                row.push_back(std::nullopt);
+            } else {
+                row.push_back(data.substr(pos, len));
+                pos += len;
+            }
+        }
+        rows.push_back(std::move(row));
+    }
+    return rows;
+}
+
+std::size_t column(std::string_view name) {
+    auto cols = exchange_columns();
+    for (std::size_t i = 0; i < cols.size(); ++i)
+        if (cols[i].name == name) return i;
+    FAIL("no column " << name);
+    return 0;
+}
+
+constexpr std::int64_t t0_ns = 1'700'000'000'123'456'789;  // 2023-11-14T22:13:20.123456789Z
+
+DnstapMessage query_message() {
+    DnstapMessage m;
+    m.identity = "ns1";
+    m.type = MessageType::client_query;
+    m.family = SocketFamily::inet;
+    m.protocol = SocketProtocol::udp;
+    m.query_address = ip4(192, 0, 2, 10);
+    m.response_address = ip4(192, 0, 2, 53);
+    m.query_port = 40000;
+    m.has_query_port = true;
+    m.response_port = 53;
+    m.has_response_port = true;
+    m.query_time_ns = t0_ns;
+    DnsMessage q;
+    q.size = 40;
+    q.id = 0x1234;
+    q.flags = 0x0100;  // rd
+    q.has_question = true;
+    q.qname = "WWW.Example.COM";
+    q.qtype = 1;
+    q.qclass = 1;
+    m.query = q;
+    return m;
+}
+
+DnstapMessage response_message() {
+    DnstapMessage m = query_message();
+    m.type = MessageType::client_response;
+    m.query.reset();
+    m.response_time_ns = t0_ns + 1'500'000;  // 1.5 ms later
+    DnsMessage r;
+    r.size = 56;
+    r.id = 0x1234;
+    r.flags = 0x8180;  // qr rd ra
+    r.has_question = true;
+    r.qname = "WWW.Example.COM";
+    r.qtype = 1;
+    r.qclass = 1;
+    r.ancount = 1;
+    r.answers.push_back(ResourceRecord{"www.example.com", 1, 1, 300, "192.0.2.80"});
+    m.response = r;
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("COPY header and trailer", "[copy]") {
+    CHECK(header() == bytes({'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0, 0, 0, 0, 0, 0, 0, 0, 0}));
+    CHECK(trailer() == bytes({0xff, 0xff}));
+}
+
+TEST_CASE("field encodings", "[copy]") {
+    std::string out;
+    RowWriter w(out);
+    SECTION("row header and NULL") {
+        w.begin_row(3);
+        w.null();
+        CHECK(out == bytes({0, 3, 0xff, 0xff, 0xff, 0xff}));
+    }
+    SECTION("int4, int8, bool") {
+        w.int4(-2);
+        w.int8(0x0102030405060708);
+        w.boolean(true);
+        w.boolean(false);
+        CHECK(out == bytes({0, 0, 0, 4, 0xff, 0xff, 0xff, 0xfe,
+                            0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+                            0, 0, 0, 1, 1,
+                            0, 0, 0, 1, 0}));
+    }
+    SECTION("text is length + bytes") {
+        w.text("ab");
+        w.text("");
+        CHECK(out == bytes({0, 0, 0, 2, 'a', 'b', 0, 0, 0, 0}));
+    }
+    SECTION("timestamptz counts microseconds from 2000-01-01 UTC") {
+        w.timestamptz_unix_us(pg_epoch_unix_us);
+        w.timestamptz_unix_us(pg_epoch_unix_us + 1'000'000);
+        w.timestamptz_unix_us(0);  // 1970: negative
+        CHECK(out.substr(0, 12) == bytes({0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0}));
+        CHECK(out.substr(12, 12) == bytes({0, 0, 0, 8, 0, 0, 0, 0, 0, 0x0f, 0x42, 0x40}));
+        CHECK(be64(out.substr(28, 8)) == -946'684'800'000'000);
+    }
+    SECTION("inet v4 uses PostgreSQL's family 2") {
+        w.inet(ip4(192, 0, 2, 1));
+        CHECK(out == bytes({0, 0, 0, 8, 2, 32, 0, 4, 192, 0, 2, 1}));
+    }
+    SECTION("inet v6 uses PostgreSQL's family 3") {
+        IpAddress a;
+        a.length = 16;
+        a.bytes = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        w.inet(a);
+        CHECK(out == bytes({0, 0, 0, 20, 3, 128, 0, 16, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}));
+    }
+    SECTION("empty inet is NULL") {
+        w.inet(IpAddress{});
+        CHECK(out == bytes({0xff, 0xff, 0xff, 0xff}));
+    }
+    SECTION("inet from text") {
+        CHECK(w.inet_text("10.1.2.3"));
+        CHECK(out == bytes({0, 0, 0, 8, 2, 32, 0, 4, 10, 1, 2, 3}));
+        out.clear();
+        CHECK(w.inet_text("::1"));
+        CHECK(out.size() == 24);
+        out.clear();
+        CHECK_FALSE(w.inet_text("example.com"));
+        CHECK_FALSE(w.inet_text(std::string(100, '1')));
+        CHECK(out.empty());
+    }
+    SECTION("jsonb is version 1 + text") {
+        w.jsonb("[]");
+        CHECK(out == bytes({0, 0, 0, 3, 1, '[', ']'}));
+    }
+}
+
+TEST_CASE("text is made valid UTF-8", "[copy]") {
+    CHECK(sanitize_text("plain.example", false) == "plain.example");
+    CHECK(sanitize_text(std::string("a\0b", 3), true) == "a\\000b");
+    CHECK(sanitize_text("tab\there", true) == "tab\\009here");
+    CHECK(sanitize_text("\xff\xfe", true) == "\\255\\254");
+    CHECK(sanitize_text("caf\xc3\xa9", true) == "caf\xc3\xa9");        // valid UTF-8 kept
+    CHECK(sanitize_text("\xc0\xaf", true) == "\\192\\175");            // overlong
+    CHECK(sanitize_text("\xed\xa0\x80", true) == "\\237\\160\\128");   // surrogate
+    CHECK(sanitize_text("\xc2\x85", true) == "\\194\\133");            // C1 control
+    CHECK(sanitize_text("\xe2\x82", true) == "\\226\\130");            // truncated
+    CHECK(sanitize_text("a\\b", true) == "a\\\\b");
+    CHECK(sanitize_text("a\\.b", false) == "a\\.b");                   // presentation kept
+
+    std::string j;
+    append_json_string(j, "q\"\\\x01");
+    CHECK(j == "\"q\\\"\\\\\\u0001\"");
+}
+
+TEST_CASE("column table drives the COPY statement", "[copy]") {
+    std::string sql = exchange_copy_statement();
+    CHECK(sql.starts_with("COPY dnstap.exchange (time, response_time, identity, kind, "));
+    CHECK(sql.ends_with(", policy, error) FROM STDIN (FORMAT binary)"));
+    CHECK(exchange_columns().size() == 35);
+}
+
+TEST_CASE("a paired exchange becomes one row", "[copy]") {
+    Exchange e;
+    e.query = query_message();
+    e.response = response_message();
+    e.query->identity = std::string("ns\0\xff", 4);
+    e.response->query_zone = "Example.COM.";
+
+    EncodedBatch b = encode_batch(std::span<const Exchange>(&e, 1), true);
+    REQUIRE(b.size() == 1);
+    CHECK(b.messages[0] == 2);
+    CHECK(b.message_total() == 2);
+    CHECK(b.times_us[0] == t0_ns / 1000);
+
+    auto rows = parse_rows(b.rows);
+    REQUIRE(rows.size() == 1);
+    const Row& r = rows[0];
+    REQUIRE(r.size() == exchange_columns().size());
+    CHECK(be64(*r[column("time")]) == t0_ns / 1000 - pg_epoch_unix_us);
+    CHECK(be64(*r[column("response_time")]) == (t0_ns + 1'500'000) / 1000 - pg_epoch_unix_us);
+    CHECK(*r[column("identity")] == "ns\\000\\255");
+    CHECK(*r[column("kind")] == "client");
+    CHECK(*r[column("query_type")] == "CQ");
+    CHECK(*r[column("response_type")] == "CR");
+    CHECK(*r[column("transport")] == "udp");
+    CHECK(*r[column("query_address")] == bytes({2, 32, 0, 4, 192, 0, 2, 10}));
+    CHECK(be32(*r[column("query_port")], 0) == 40000);
+    CHECK(be32(*r[column("dns_id")], 0) == 0x1234);
+    CHECK(*r[column("qname")] == "www.example.com");
+    CHECK(*r[column("qtype")] == "A");
+    CHECK(*r[column("qclass")] == "IN");
+    CHECK(*r[column("opcode")] == "QUERY");
+    CHECK(*r[column("rcode")] == "NOERROR");
+    CHECK(*r[column("flags")] == "qr rd ra");
+    CHECK(*r[column("has_query")] == bytes({1}));
+    CHECK(*r[column("has_response")] == bytes({1}));
+    CHECK(be64(*r[column("latency_us")]) == 1500);
+    CHECK(be32(*r[column("query_size")], 0) == 40);
+    CHECK(be32(*r[column("response_size")], 0) == 56);
+    CHECK(be32(*r[column("answer_count")], 0) == 1);
+    CHECK(*r[column("answers")] ==
+          std::string("\x01") + R"([{"name":"www.example.com","type":"A","ttl":300,"rdata":"192.0.2.80"}])");
+    CHECK_FALSE(r[column("edns_udp_size")]);
+    CHECK_FALSE(r[column("ecs")]);
+    CHECK_FALSE(r[column("ede_code")]);
+    CHECK(*r[column("query_zone")] == "example.com");
+    CHECK_FALSE(r[column("policy")]);
+    CHECK_FALSE(r[column("error")]);
+}
+
+TEST_CASE("a lone query has NULL response columns", "[copy]") {
+    Exchange e;
+    e.query = query_message();
+    e.query->query->error = "truncated";
+    EncodedBatch b;
+    append_exchange(e, b);
+    auto r = parse_rows(b.rows).at(0);
+    CHECK(*r[column("has_response")] == bytes({0}));
+    CHECK_FALSE(r[column("response_time")]);
+    CHECK_FALSE(r[column("response_type")]);
+    CHECK_FALSE(r[column("rcode")]);
+    CHECK_FALSE(r[column("latency_us")]);
+    CHECK_FALSE(r[column("answers")]);
+    CHECK(*r[column("flags")] == "rd");
+    CHECK(*r[column("error")] == "truncated");
+    CHECK(b.messages[0] == 1);
+}
+
+TEST_CASE("a lone response is filed under its query time", "[copy]") {
+    Exchange e;
+    e.response = response_message();
+    e.response->query_time_ns = t0_ns - 2'000'000;
+    CHECK(exchange_time_us(e) == (t0_ns - 2'000'000) / 1000);
+    e.response->query_time_ns = -1;
+    CHECK(exchange_time_us(e) == (t0_ns + 1'500'000) / 1000);
+
+    EncodedBatch b;
+    append_exchange(e, b);
+    auto r = parse_rows(b.rows).at(0);
+    CHECK(*r[column("has_query")] == bytes({0}));
+    CHECK_FALSE(r[column("query_size")]);
+    CHECK(*r[column("qname")] == "www.example.com");  // from the response's question
+    CHECK_FALSE(r[column("latency_us")]);
+}
+
+TEST_CASE("EDNS, ECS, EDE and policy", "[copy]") {
+    Exchange e;
+    e.query = query_message();
+    e.response = response_message();
+    e.query->query->has_edns = true;
+    e.query->query->edns_udp_size = 1232;
+    e.query->query->edns_do = true;
+    e.query->query->ecs = "198.51.100.0/24";
+    e.response->response->rcode = 2;
+    e.response->response->ede_code = 22;
+    e.response->response->ede_text = "no \"reachable\" authority";
+    e.response->policy.present = true;
+    e.response->policy.type = "QNAME";
+    e.response->policy.action = "NXDOMAIN";
+    EncodedBatch b;
+    append_exchange(e, b);
+    auto r = parse_rows(b.rows).at(0);
+    CHECK(be32(*r[column("edns_udp_size")], 0) == 1232);
+    CHECK(*r[column("edns_do")] == bytes({1}));
+    CHECK(*r[column("ecs")] == "198.51.100.0/24");
+    CHECK(*r[column("rcode")] == "SERVFAIL");
+    CHECK(be32(*r[column("ede_code")], 0) == 22);
+    CHECK(*r[column("ede_text")] == "no \"reachable\" authority");
+    CHECK(*r[column("policy")] == std::string("\x01") + R"({"type":"QNAME","action":"NXDOMAIN"})");
+}
+
+TEST_CASE("pdns aggregation", "[copy][pdns]") {
+    PdnsAggregate agg;
+    Exchange e;
+    e.response = response_message();
+    e.response->identity = "sensor-1";
+    e.response->query_zone = "example.com";
+    auto& answers = e.response->response->answers;
+    answers.push_back(ResourceRecord{"alias.example.com", 5, 1, 60, "WWW.Example.COM."});
+    answers.push_back(ResourceRecord{"www.example.com", 16, 3, 60, "\"chaos\""});  // CH: skipped
+    agg.add(e);
+    e.response->response_time_ns += 5'000'000'000;
+    agg.add(e);
+    e.response->response_time_ns -= 9'000'000'000;
+    agg.add(e);
+    Exchange lone_query;
+    lone_query.query = query_message();
+    agg.add(lone_query);  // no response: nothing
+
+    REQUIRE(agg.entries().size() == 2);
+    auto it = agg.entries().find(PdnsKey{"www.example.com", "A", "192.0.2.80"});
+    REQUIRE(it != agg.entries().end());
+    CHECK(it->second.count == 3);
+    CHECK(it->second.first_us == (t0_ns + 1'500'000 - 4'000'000'000) / 1000);
+    CHECK(it->second.last_us == (t0_ns + 1'500'000 + 5'000'000'000) / 1000);
+    CHECK(it->second.bailiwick == "example.com");
+    CHECK(it->second.sensor_id == "sensor-1");
+    // Lone-name rdata is normalized like owner names.
+    CHECK(agg.entries().count(PdnsKey{"alias.example.com", "CNAME", "www.example.com"}) == 1);
+
+    auto rows = parse_rows(agg.encode());
+    REQUIRE(rows.size() == 2);
+    // Sorted by key: alias... first. CNAME has no rdata_ip; A has one.
+    CHECK(*rows[0][0] == "alias.example.com");
+    CHECK_FALSE(rows[0][3]);
+    CHECK(*rows[1][3] == bytes({2, 32, 0, 4, 192, 0, 2, 80}));
+    CHECK(be64(*rows[1][6]) == 3);
+}
+
+TEST_CASE("batches split by rows and survive the spool format", "[copy][spool]") {
+    std::vector<Exchange> ex(3);
+    for (auto& e : ex) e.query = query_message();
+    ex[1].response = response_message();
+    EncodedBatch b = encode_batch(ex, true);
+    REQUIRE(b.size() == 3);
+    CHECK(b.message_total() == 4);
+    CHECK(b.pdns_count == 1);
+
+    std::string one = b.copy_payload(1, 2);
+    CHECK(one.starts_with(header()));
+    CHECK(one.ends_with(trailer()));
+    CHECK(parse_rows(one.substr(header().size(), one.size() - header().size() - trailer().size())).size() == 1);
+
+    EncodedBatch rest = b.subset({true, false, true}, false);
+    CHECK(rest.size() == 1);
+    CHECK(rest.messages[0] == 2);
+    CHECK(rest.pdns_count == 0);
+
+    std::string file = Spool::serialize(b);
+    auto back = Spool::parse(file);
+    REQUIRE(back);
+    CHECK(back->rows == b.rows);
+    CHECK(back->row_end == b.row_end);
+    CHECK(back->messages == b.messages);
+    CHECK(back->times_us == b.times_us);
+    CHECK(back->pdns_rows == b.pdns_rows);
+    CHECK(back->pdns_count == 1);
+    CHECK_FALSE(Spool::parse(file.substr(0, file.size() - 1)));  // torn write
+}
+
+TEST_CASE("partition periods and names", "[partitions]") {
+    std::int64_t t = 1'700'000'000;  // 2023-11-14 22:13:20 UTC
+    CHECK(period_start(t, PartitionWidth::day) == 1'699'920'000);
+    CHECK(period_start(t, PartitionWidth::hour) == 1'699'999'200);
+    CHECK(partition_name(period_start(t, PartitionWidth::day), PartitionWidth::day) == "exchange_p20231114");
+    CHECK(partition_name(period_start(t, PartitionWidth::hour), PartitionWidth::hour) == "exchange_p2023111422");
+    CHECK(utc_literal(1'699'999'200) == "2023-11-14 22:00:00+00");
+    CHECK(period_start(-1, PartitionWidth::day) == -86400);
+    auto day = parse_partition_name("exchange_p20231114");
+    REQUIRE(day);
+    CHECK(day->first == 1'699'920'000);
+    CHECK(day->second == 1'699'920'000 + 86400);
+    auto hour = parse_partition_name("exchange_p2023111422");
+    REQUIRE(hour);
+    CHECK(hour->second - hour->first == 3600);
+    CHECK_FALSE(parse_partition_name("exchange_p20231341"));
+    CHECK_FALSE(parse_partition_name("exchange_default"));
+}
