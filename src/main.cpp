@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
             return run_lookup(conninfo_of(config), config.arguments[0], LookupWindow{config.window_from, config.window_to}, std::cout);
         }
         if (config.command == "report")
-            return run_report(conninfo_of(config), LookupWindow{config.window_from, config.window_to}, config.limit, std::cout);
+            return run_report(conninfo_of(config), LookupWindow{config.window_from, config.window_to}, static_cast<std::size_t>(config.limit), std::cout);
         if (config.command == "tail") {
             std::string request = config.json ? "json" : "text";
             if (!config.tail_suffix.empty()) request += " suffix=" + config.tail_suffix;

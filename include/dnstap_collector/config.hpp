@@ -37,7 +37,7 @@ struct Config {
     std::string socket_group;
     std::optional<std::uint16_t> tcp_port;
     // lookup / report
-    std::string window_from, window_to;
+    std::optional<std::chrono::sys_seconds> window_from, window_to;
     int limit = 20;
     // tail filters
     std::string tail_suffix, tail_client, tail_rcode;

@@ -55,6 +55,8 @@ public:
     // starts accepting on the io_context.
     void start();
     // Closes the listeners and every connection (sessions end after their current frame).
+    // Call it on the io thread (e.g. from a signal_set handler) or while the io_context is not
+    // running; afterwards the io_context runs out of work on its own.
     void stop();
     std::size_t listener_count() const noexcept;
 

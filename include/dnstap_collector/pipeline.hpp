@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "dnstap_collector/ingest.hpp"
 #include "dnstap_collector/pair.hpp"
@@ -15,10 +17,34 @@ namespace dnstap_collector {
 class ExchangeSink;
 struct Metrics;
 
+// What leaves the collector about clients (applied to every message before it is paired or
+// stored; the key of a pair is computed on the same transformed values for both sides).
+struct PrivacyOptions {
+    int client_prefix_v4 = 32;     // keep this many bits of query_address (24: a /24)
+    int client_prefix_v6 = 128;    // 56: a /56
+    std::string hash_key;          // non-empty: replace query_address by HMAC-SHA256(key, address)
+    std::vector<std::string> exclude_kinds;  // e.g. "client": no rows of that kind at all
+    std::vector<std::string> exclude_names;  // names at or under these suffixes are not stored
+    bool active() const noexcept {
+        return client_prefix_v4 < 32 || client_prefix_v6 < 128 || !hash_key.empty() || !exclude_kinds.empty() ||
+               !exclude_names.empty();
+    }
+};
+
+// Applies the options; false when the message must not be stored (counted as filtered).
+class Privacy {
+public:
+    explicit Privacy(PrivacyOptions options);
+    bool apply(DnstapMessage& m) const;
+private:
+    PrivacyOptions options_;
+};
+
 struct PipelineOptions {
     unsigned workers = 0;                 // 0: number of cores
     std::size_t queue_frames = 262'144;   // per pool, split across workers
     PairOptions pairing;
+    PrivacyOptions privacy;
 };
 
 class WorkerPool : public FrameConsumer {

@@ -1,6 +1,8 @@
 #include "dnstap_collector/config.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <ctime>
 #include <functional>
 #include <sstream>
 #include <string_view>
@@ -77,6 +79,33 @@ std::chrono::milliseconds parse_seconds(const std::string& value, std::string_vi
     return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
+// "2026-11-21", "2026-11-21T10:00:00Z", unix seconds, or an age like "90m", "24h", "7d".
+std::chrono::sys_seconds parse_time(const std::string& value, std::string_view what) {
+    using namespace std::chrono;
+    const auto bad = [&] {
+        return ConfigError(std::string(what) + ": '" + value +
+                           "' is not a time (2026-11-21, 2026-11-21T10:00:00Z, unix seconds, or an age like 24h)");
+    };
+    if (value.empty()) throw bad();
+    const char unit = value.back();
+    if (unit == 's' || unit == 'm' || unit == 'h' || unit == 'd' || unit == 'w') {
+        const auto n = parse_number<long long>(value.substr(0, value.size() - 1), what, 0, 100LL * 365 * 86400);
+        const long long scale = unit == 's' ? 1 : unit == 'm' ? 60 : unit == 'h' ? 3600 : unit == 'd' ? 86400 : 604800;
+        return time_point_cast<seconds>(system_clock::now()) - seconds(n * scale);
+    }
+    if (value.find('-') == std::string::npos)
+        return sys_seconds(seconds(parse_number<long long>(value, what, 0, 1LL << 40)));
+    std::tm tm{};
+    const char* end = strptime(value.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!end) end = strptime(value.c_str(), "%Y-%m-%d %H:%M:%S", &tm);
+    if (!end) {
+        tm = std::tm{};
+        end = strptime(value.c_str(), "%Y-%m-%d", &tm);
+    }
+    if (!end || !(*end == '\0' || (end[0] == 'Z' && end[1] == '\0'))) throw bad();
+    return sys_seconds(seconds(timegm(&tm)));
+}
+
 const std::vector<Option>& options() {
     static const std::vector<Option> all = {
         {"config", 0, "", true, "TOML configuration file", [](Config& c, const std::string& v) { c.config_file = v; }},
@@ -116,6 +145,21 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { c.pipeline.pairing.query_timeout = parse_seconds(v, "query timeout"); }},
         {"response-grace", 0, "pipeline.response_grace", true, "seconds a response waits for its query (default 1)",
          [](Config& c, const std::string& v) { c.pipeline.pairing.response_grace = parse_seconds(v, "response grace"); }},
+        {"client-prefix-v4", 0, "privacy.client_prefix_v4", true, "bits of IPv4 client addresses kept (24: a /24; default 32)",
+         [](Config& c, const std::string& v) { c.pipeline.privacy.client_prefix_v4 = parse_number<int>(v, "client prefix v4", 0, 32); }},
+        {"client-prefix-v6", 0, "privacy.client_prefix_v6", true, "bits of IPv6 client addresses kept (56: a /56; default 128)",
+         [](Config& c, const std::string& v) { c.pipeline.privacy.client_prefix_v6 = parse_number<int>(v, "client prefix v6", 0, 128); }},
+        {"client-hash-key", 0, "privacy.client_hash_key", true, "replace client addresses by a keyed hash (HMAC-SHA256) with this key",
+         [](Config& c, const std::string& v) { c.pipeline.privacy.hash_key = v; }},
+        {"exclude-kind", 0, "privacy.exclude_kinds", true, "do not store messages of this kind: client, resolver, auth... (repeatable)",
+         [](Config& c, const std::string& v) {
+             static const std::vector<std::string> kinds = {"auth", "resolver", "client", "forwarder", "stub", "tool", "update"};
+             if (std::find(kinds.begin(), kinds.end(), v) == kinds.end())
+                 throw ConfigError("exclude kind: '" + v + "' is not one of auth, resolver, client, forwarder, stub, tool, update");
+             c.pipeline.privacy.exclude_kinds.push_back(v);
+         }},
+        {"exclude-name", 0, "privacy.exclude_names", true, "do not store names at or under this suffix (repeatable)",
+         [](Config& c, const std::string& v) { c.pipeline.privacy.exclude_names.push_back(v); }},
         {"postgres", 0, "postgres.conninfo", true, "libpq conninfo or URI (PG* variables also work)",
          [](Config& c, const std::string& v) { pg(c).conninfo = v; }},
         {"batch-rows", 0, "postgres.batch_rows", true, "rows per COPY batch (default 20000)",
@@ -150,9 +194,9 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { c.metrics_address = v; }},
         {"tail-socket", 0, "tail.socket", true, "Unix socket where `tail` attaches",
          [](Config& c, const std::string& v) { c.tail_socket = v; }},
-        {"from", 0, "", true, "window start (lookup, report): timestamp or interval like '24 hours'",
-         [](Config& c, const std::string& v) { c.window_from = v; }},
-        {"to", 0, "", true, "window end (lookup, report)", [](Config& c, const std::string& v) { c.window_to = v; }},
+        {"from", 0, "", true, "window start (lookup, report): 2026-11-21[T10:00:00Z], unix seconds, or an age like 24h",
+         [](Config& c, const std::string& v) { c.window_from = parse_time(v, "from"); }},
+        {"to", 0, "", true, "window end (lookup, report)", [](Config& c, const std::string& v) { c.window_to = parse_time(v, "to"); }},
         {"limit", 0, "", true, "rows per table (report)", [](Config& c, const std::string& v) { c.limit = parse_number<int>(v, "limit", 1, 1'000'000); }},
         {"suffix", 0, "", true, "tail: only names at or under this suffix",
          [](Config& c, const std::string& v) { c.tail_suffix = v; }},

@@ -30,8 +30,11 @@ struct WorkerPool::Impl {
     Metrics& metrics;
     std::vector<std::unique_ptr<Worker>> workers;
     log::RateLimit decode_error_log;
+    Privacy privacy;
+    bool filtering;
 
-    Impl(PipelineOptions o, ExchangeSink& s, Metrics& m) : options(o), sink(s), metrics(m) {
+    Impl(PipelineOptions o, ExchangeSink& s, Metrics& m)
+        : options(o), sink(s), metrics(m), privacy(options.privacy), filtering(options.privacy.active()) {
         unsigned n = options.workers ? options.workers : std::max(1u, std::thread::hardware_concurrency());
         const std::size_t per_worker = std::max<std::size_t>(1, options.queue_frames / n);
         for (unsigned i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(per_worker));
@@ -88,6 +91,10 @@ struct WorkerPool::Impl {
             break;
         }
         metrics.messages_decoded.fetch_add(1, std::memory_order_relaxed);
+        if (filtering && !privacy.apply(message)) {
+            metrics.drop(DropReason::filtered);
+            return;
+        }
         pairer.add(std::move(message));
     }
 
