@@ -63,7 +63,7 @@ private:
 std::string conninfo_of(const Config& c) { return c.postgres ? c.postgres->conninfo : std::string(); }
 
 int run_serve(Config& config) {
-    if (!config.postgres && !config.file)
+    if (!config.postgres && !config.file && config.pipeline.decode)
         throw ConfigError("serve needs somewhere to store: --postgres CONNINFO and/or -w FILE");
     if (config.check_only) {
         std::cout << "configuration OK\n";
@@ -93,6 +93,8 @@ int run_serve(Config& config) {
     // With only a file as the store, the pool feeds tail alone: its counts are kept apart so
     // that frames_received == stored + dropped still holds for what the file took.
     Metrics tail_only_metrics;
+    CountingSink discard(metrics);
+    if (!config.pipeline.decode) sinks.add(discard);
     if (!sinks.empty())
         pool = std::make_unique<WorkerPool>(config.pipeline, sinks, postgres ? metrics : tail_only_metrics);
     Tee tee(file.get(), pool.get(), /*file_is_the_store=*/!postgres, metrics);

@@ -45,6 +45,8 @@ struct PipelineOptions {
     std::size_t queue_frames = 262'144;   // per pool, split across workers
     PairOptions pairing;
     PrivacyOptions privacy;
+    bool decode = true;                   // false: frames are counted as stored and discarded
+                                          // (measures ingest alone, for benchmarks)
 };
 
 class WorkerPool : public FrameConsumer {

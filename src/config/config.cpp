@@ -160,6 +160,8 @@ const std::vector<Option>& options() {
          }},
         {"exclude-name", 0, "privacy.exclude_names", true, "do not store names at or under this suffix (repeatable)",
          [](Config& c, const std::string& v) { c.pipeline.privacy.exclude_names.push_back(v); }},
+        {"no-decode", 0, "", false, "benchmark: count and discard frames without decoding (needs no store)",
+         [](Config& c, const std::string&) { c.pipeline.decode = false; }},
         {"postgres", 0, "postgres.conninfo", true, "libpq conninfo or URI (PG* variables also work)",
          [](Config& c, const std::string& v) { pg(c).conninfo = v; }},
         {"batch-rows", 0, "postgres.batch_rows", true, "rows per COPY batch (default 20000)",

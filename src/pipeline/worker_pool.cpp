@@ -73,6 +73,10 @@ struct WorkerPool::Impl {
     }
 
     void process(const Frame& frame, Pairer& pairer) {
+        if (!options.decode) {
+            metrics.messages_stored.fetch_add(1, std::memory_order_relaxed);
+            return;
+        }
         DnstapMessage message;
         switch (decode_dnstap(frame, message)) {
         case DecodeStatus::bad_protobuf:

@@ -6,11 +6,30 @@
 namespace dnstap_collector::pg {
 namespace {
 
+// One line: libpq messages span lines ("DETAIL:", tab-indented hints).
 std::string trimmed(const char* s) {
-    std::string out = s ? s : "";
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    // libpq messages may span lines ("DETAIL:", "CONTEXT:"); keep them on one log line.
-    std::replace(out.begin(), out.end(), '\n', ' ');
+    std::string out;
+    for (const char* p = s ? s : ""; *p; ++p) {
+        bool space = *p == '\n' || *p == '\t' || *p == ' ' || *p == '\r';
+        if (!space) out += *p;
+        else if (!out.empty() && out.back() != ' ') out += ' ';
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out;
+}
+
+// The server's message, its detail shortened (for a rejected row the detail is the whole row,
+// client addresses included) and where it happened ("COPY exchange, line 18").
+std::string server_message(const PGresult* r) {
+    const char* primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    if (!primary) return trimmed(PQresultErrorMessage(r));
+    std::string out = trimmed(primary);
+    if (const char* detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL)) {
+        std::string d = trimmed(detail);
+        if (d.size() > 120) d = d.substr(0, 120) + "...";
+        out += " (" + d + ")";
+    }
+    if (const char* context = PQresultErrorField(r, PG_DIAG_CONTEXT)) out += " [" + trimmed(context) + "]";
     return out;
 }
 
@@ -36,7 +55,7 @@ Result check(PGconn* conn, PGresult* raw, std::string_view what) {
     std::string message;
     if (raw) {
         if (const char* s = PQresultErrorField(raw, PG_DIAG_SQLSTATE)) state = s;
-        message = trimmed(PQresultErrorMessage(raw));
+        message = server_message(raw);
     }
     if (message.empty()) message = trimmed(PQerrorMessage(conn));
     if (message.empty()) message = PQresStatus(st);
@@ -74,6 +93,14 @@ Connection Connection::open(const std::string& conninfo) {
     // Defaults first: keywords later in the arrays (the expanded conninfo) override them.
     const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
     const char* values[] = {"10", "dnstap-collector", conninfo.c_str(), nullptr};
+    char* parse_error = nullptr;
+    if (PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &parse_error)) {
+        PQconninfoFree(parsed);
+    } else {
+        std::string reason = parse_error ? trimmed(parse_error) : "out of memory";
+        PQfreemem(parse_error);
+        throw Error("invalid PostgreSQL conninfo: " + reason, "", true);
+    }
     Connection c(PQconnectdbParams(keys, values, 1));
     if (!c.c_) throw Error("cannot connect to PostgreSQL: out of memory", "", true);
     if (PQstatus(c.c_) != CONNECTION_OK) {
