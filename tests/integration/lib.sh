@@ -11,6 +11,8 @@
 # (KEEP_WORK=1 keeps the directory for debugging). A missing component fails the test.
 
 set -euo pipefail
+# Byte-order sort/comm/tr everywhere, whatever the caller's locale.
+export LC_ALL=C
 
 SOURCE_DIR="${SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 BUILD_DIR="${BUILD_DIR:-$SOURCE_DIR/build}"
@@ -38,17 +40,29 @@ ALLOCATED_PORTS=" "
 
 log() { printf '[%s %s] %s\n' "$(date +%H:%M:%S)" "$TEST_NAME" "$*" >&2; }
 
-# Print MSG, the tail of every log the harness wrote, and exit 1 (the trap cleans up).
-fail() {
-  printf '\nFAIL: %s: %s\n' "$TEST_NAME" "$*" >&2
+_print_logs() {
   local f
   while IFS= read -r f; do
     printf '\n----- last 40 lines of %s -----\n' "${f#"$WORK"/}" >&2
     tail -n 40 "$f" >&2 || true
   done < <(find "$WORK" -name '*.log' -type f 2>/dev/null | sort)
+}
+
+# Print MSG, the tail of every log the harness wrote, and exit 1 (the trap cleans up).
+fail() {
+  _print_logs
   printf '\nFAIL: %s: %s\n' "$TEST_NAME" "$*" >&2
   exit 1
 }
+
+# set -e stops a test at any failing command; say which one, with the logs.
+_on_error() {
+  local rc=$? line="$1" cmd="$2"
+  _print_logs
+  printf '\nFAIL: %s: line %s: "%s" exited with status %s\n' "$TEST_NAME" "$line" "$cmd" "$rc" >&2
+  exit "$rc"
+}
+trap '_on_error "$LINENO" "$BASH_COMMAND"' ERR
 
 # Send SIGTERM, give the process TIMEOUT seconds, then SIGKILL. Returns its exit status
 # when it is our child, 0 otherwise.
@@ -72,6 +86,7 @@ _terminate() {
 _cleanup() {
   local rc=$?
   set +e
+  trap - ERR
   local name
   for name in "${!NAMED_PID[@]}"; do
     [[ -n "${NAMED_PID[$name]}" ]] && _terminate "${NAMED_PID[$name]}" 10
@@ -187,7 +202,7 @@ stop_postgres() {
 
 # psql_value SQL: the result of SQL, unaligned, no headers; fails the test on SQL errors.
 psql_value() {
-  psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"
+  psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1" || { echo "SQL failed: $1" >&2; return 1; }
 }
 
 # ---------------------------------------------------------------------------------------

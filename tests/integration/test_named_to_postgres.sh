@@ -18,7 +18,8 @@ start_named "$NAME" 127.0.0.1 "$PORT" "$COLLECTOR_SOCKET" \
 
 QUERIES="$WORK/queries.txt"
 make_queries "$QUERIES"
-tr '[:upper:]' '[:lower:]' <"$QUERIES" | sort >"$WORK/expected.txt"
+# Names compare case-insensitively (stored lowercase), types as named prints them.
+awk '{ print tolower($1), $2 }' "$QUERIES" | sort >"$WORK/expected.txt"
 n_queries="$(wc -l <"$QUERIES")"
 ((n_queries >= 1000)) || fail "query file has only $n_queries queries"
 
@@ -75,10 +76,13 @@ dups="$(psql_value "SELECT count(*) FROM (SELECT 1 FROM $ROWS
 
 psql_value "SELECT lower(qname) || ' ' || qtype FROM $ROWS" | sort >"$WORK/stored.txt"
 if ! diff -q "$WORK/expected.txt" "$WORK/stored.txt" >/dev/null; then
-  log "questions sent but not stored (first 10):"
-  comm -23 "$WORK/expected.txt" "$WORK/stored.txt" | head -n 10 >&2
-  log "questions stored but not sent (first 10):"
-  comm -13 "$WORK/expected.txt" "$WORK/stored.txt" | head -n 10 >&2
+  # Through files, not `comm | head`: head's early exit is a SIGPIPE failure under pipefail.
+  comm -23 "$WORK/expected.txt" "$WORK/stored.txt" >"$WORK/missing.txt"
+  comm -13 "$WORK/expected.txt" "$WORK/stored.txt" >"$WORK/unexpected.txt"
+  log "$(wc -l <"$WORK/missing.txt") questions sent but not stored (first 10):"
+  head -n 10 "$WORK/missing.txt" >&2
+  log "$(wc -l <"$WORK/unexpected.txt") questions stored but not sent (first 10):"
+  head -n 10 "$WORK/unexpected.txt" >&2
   fail "stored (qname, qtype) list differs from the query file"
 fi
 
@@ -92,7 +96,8 @@ unpaired="$(psql_value "SELECT count(*) FROM $ROWS AND NOT (has_query AND has_re
 # named types the query by whether it will recurse (recursion no: AQ) and the response
 # by the query's RD bit (dnsperf sets RD: CR). Check the collector kept what named sent.
 types="$(psql_value "SELECT coalesce(kind,'-') || '/' || coalesce(query_type,'-') || '/' ||
-  coalesce(response_type,'-') || '=' || count(*) FROM $ROWS GROUP BY 1 ORDER BY 1" | tr '\n' ' ')"
+  coalesce(response_type,'-') || '=' || count(*) FROM $ROWS
+  GROUP BY kind, query_type, response_type ORDER BY 1" | tr '\n' ' ')"
 log "kind/query_type/response_type: $types"
 bad_types="$(psql_value "SELECT count(*) FROM $ROWS AND (query_type IS DISTINCT FROM 'AQ'
   OR response_type IS DISTINCT FROM 'CR')")"
