@@ -94,6 +94,7 @@ _cleanup() {
   [[ -n "$COLLECTOR_PID" ]] && _terminate "$COLLECTOR_PID" 20
   [[ -n "$CAPTURE_PID" ]] && _terminate "$CAPTURE_PID" 5
   [[ -n "$PG_DIR" ]] && stop_postgres
+  touch "$WORK/.done"
   if [[ "${KEEP_WORK:-0}" == 1 ]]; then
     log "keeping $WORK (KEEP_WORK=1)"
   else
@@ -105,6 +106,25 @@ _cleanup() {
 trap _cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# If this shell is killed outright (SIGKILL, e.g. a ctest timeout), the EXIT trap never
+# runs: a watcher then kills what we started (pids in $WORK/.pids, the cluster in
+# $WORK/.pgdata) and removes $WORK. After a normal cleanup, $WORK/.done tells it to go.
+_start_reaper() {
+  local parent=$$
+  (
+    trap '' INT TERM
+    while kill -0 "$parent" 2>/dev/null; do sleep 1; done
+    [[ -d "$WORK" && ! -e "$WORK/.done" ]] || exit 0
+    xargs -r kill -KILL <"$WORK/.pids" 2>/dev/null
+    if [[ -s "$WORK/.pgdata" ]]; then
+      _as_postgres "$(cat "$WORK/.pgbin")/pg_ctl" -D "$(cat "$WORK/.pgdata")" -m immediate stop
+    fi
+    rm -rf "$WORK"
+  ) </dev/null >/dev/null 2>&1 &
+  disown
+}
+_track_pid() { echo "$1" >>"$WORK/.pids"; }
 
 # wait_for CMD TIMEOUT: poll CMD (a shell string, may call functions) every 0.1 s until it
 # succeeds; returns 1 after TIMEOUT seconds.
@@ -187,6 +207,8 @@ start_postgres() {
     -o "-p $port -k $PG_DIR -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
     start >/dev/null || fail "pg_ctl start failed"
 
+  echo "$PG_DIR/data" >"$WORK/.pgdata"
+  echo "$PG_BIN" >"$WORK/.pgbin"
   export PGHOST="$PG_DIR" PGPORT="$port" PGUSER=postgres PGDATABASE=postgres
   export CONNINFO="host=$PG_DIR port=$port user=postgres dbname=postgres"
   wait_for "psql_value 'select 1'" 30 || fail "PostgreSQL does not answer"
@@ -241,6 +263,7 @@ start_collector() {
   log "starting collector: $COLLECTOR serve ${args[*]}"
   "$COLLECTOR" serve "${args[@]}" >"$WORK/collector.log" 2>&1 &
   COLLECTOR_PID=$!
+  _track_pid "$COLLECTOR_PID"
   local deadline=$((SECONDS + 30))
   until [[ -S "$sock" ]]; do
     if ! kill -0 "$COLLECTOR_PID" 2>/dev/null; then
@@ -288,6 +311,7 @@ start_capture() {
   local sock="$1" file="$2"
   fstrm_capture -t protobuf:dnstap.Dnstap -u "$sock" -w "$file" >"$WORK/capture.log" 2>&1 &
   CAPTURE_PID=$!
+  _track_pid "$CAPTURE_PID"
   wait_for "[[ -S '$sock' ]]" 10 || fail "fstrm_capture did not create $sock"
   # fstrm_capture creates the socket with the umask; named runs as bind and must write to it.
   chmod 0666 "$sock"
@@ -425,6 +449,7 @@ EOF
   log "starting named '$name' on $addr port $port (control $ctlport, stats $statsport), dnstap -> $sock"
   named "${user_args[@]}" -c "$dir/named.conf" -g -n 2 >"$WORK/named-$name.log" 2>&1 &
   NAMED_PID[$name]=$!
+  _track_pid "${NAMED_PID[$name]}"
   NAMED_DIR[$name]="$dir"
   NAMED_ADDR[$name]="$addr"
   NAMED_PORT[$name]="$port"
@@ -472,3 +497,5 @@ named_dnstap_stats() {
 }
 
 require_cmd ss runuser
+touch "$WORK/.pids"
+_start_reaper
