@@ -33,7 +33,7 @@ struct ExchangeView {
     const DnsMessage* answer;         // response DNS (null without a response)
     std::int64_t time_ns;             // query time when known, else response time; -1 if neither
     std::int64_t response_time_ns;    // -1 without a response time
-    std::int64_t latency_us;          // -1 unless both times are known
+    std::int64_t latency_us;          // -1 unless both times are known (may be < 0 on clock skew)
     explicit ExchangeView(const Exchange& e) noexcept;
 };
 

@@ -17,6 +17,7 @@ ExchangeView::ExchangeView(const Exchange& e) noexcept
         e.response->query_time_ns < response_time_ns)
         query_time = e.response->query_time_ns;  // senders that copy the query time into the response
     time_ns = query_time >= 0 ? query_time : response_time_ns;
+    // Kept even when negative (sender clock skew between threads): clamping would hide it.
     if (query_time >= 0 && response_time_ns >= 0) latency_us = (response_time_ns - query_time) / 1000;
 }
 
@@ -81,7 +82,7 @@ std::string format_exchange_text(const Exchange& e) {
     } else {
         line += " (no response)";
     }
-    if (v.latency_us >= 0) line += ' ' + std::to_string(v.latency_us) + "us";
+    if (v.latency_us != -1) line += ' ' + std::to_string(v.latency_us) + "us";
     return line;
 }
 
@@ -131,7 +132,7 @@ std::string format_exchange_json(const Exchange& e) {
         }
         out.push_back(']');
     }
-    if (v.latency_us >= 0) out += ",\"latency_us\":" + std::to_string(v.latency_us);
+    if (v.latency_us != -1) out += ",\"latency_us\":" + std::to_string(v.latency_us);
     out.push_back('}');
     return out;
 }

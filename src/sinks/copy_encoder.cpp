@@ -172,9 +172,7 @@ std::int64_t ns_to_us(std::int64_t ns) noexcept { return ns / 1000; }
 }  // namespace
 
 std::int64_t exchange_time_us(const Exchange& e) noexcept {
-    if (e.query && e.query->query_time_ns >= 0) return ns_to_us(e.query->query_time_ns);
-    if (e.response && e.response->query_time_ns >= 0) return ns_to_us(e.response->query_time_ns);
-    if (e.response && e.response->response_time_ns >= 0) return ns_to_us(e.response->response_time_ns);
+    if (const ExchangeView view(e); view.time_ns >= 0) return ns_to_us(view.time_ns);
     if (e.query && e.query->response_time_ns >= 0) return ns_to_us(e.query->response_time_ns);
     // No time at all (malformed sender): file it under arrival so the row is not lost.
     return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -190,6 +188,7 @@ struct RowSource {
     const DnsMessage* edns;      // OPT: the response's, else the query's
     std::int64_t time_us;
     std::int64_t response_time_ns;
+    std::int64_t latency_us;     // -1 when unknown
 };
 
 namespace {
@@ -198,8 +197,8 @@ RowSource make_source(const Exchange& e) {
     const DnsMessage* q = e.query && e.query->query ? &*e.query->query : nullptr;
     const DnsMessage* r = e.response && e.response->response ? &*e.response->response : nullptr;
     const DnsMessage* edns = r && r->has_edns ? r : (q && q->has_edns ? q : nullptr);
-    std::int64_t rt = e.response ? e.response->response_time_ns : -1;
-    return RowSource{e, e.any(), q, r, q ? q : r, edns, exchange_time_us(e), rt};
+    const ExchangeView view(e);
+    return RowSource{e, e.any(), q, r, q ? q : r, edns, exchange_time_us(e), view.response_time_ns, view.latency_us};
 }
 
 void opt_text(RowWriter& w, std::string_view s) {
@@ -306,13 +305,7 @@ const std::array<Column, 35> columns = {{
      }},
     {"has_query", [](const S& s, W& w) { w.boolean(s.e.query.has_value()); }},
     {"has_response", [](const S& s, W& w) { w.boolean(s.e.response.has_value()); }},
-    {"latency_us", [](const S& s, W& w) {
-         // Query time of the exchange (a lone response carries it too) to response time.
-         std::int64_t qt = s.e.query ? s.e.query->query_time_ns
-                                     : (s.e.response ? s.e.response->query_time_ns : -1);
-         // Kept even when negative (sender clock skew): clamping would hide it.
-         if (qt >= 0 && s.response_time_ns >= 0) w.int8((s.response_time_ns - qt) / 1000); else w.null();
-     }},
+    {"latency_us", [](const S& s, W& w) { if (s.latency_us != -1) w.int8(s.latency_us); else w.null(); }},
     {"query_size", [](const S& s, W& w) { if (s.q) w.int4(static_cast<std::int32_t>(s.q->size)); else w.null(); }},
     {"response_size", [](const S& s, W& w) { if (s.r) w.int4(static_cast<std::int32_t>(s.r->size)); else w.null(); }},
     {"answer_count", [](const S& s, W& w) { if (s.r) w.int4(s.r->ancount); else w.null(); }},
