@@ -155,6 +155,8 @@ int run_import(Config& config) {
     CountingSink counting(metrics);
     ExchangeSink* sink = &counting;
     if (config.postgres) {
+        // Backfills are usually older than the retention window: an import never drops data.
+        config.postgres->retention_days = 0;
         postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);
         postgres->start();
         sink = postgres.get();
