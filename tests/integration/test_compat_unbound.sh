@@ -64,6 +64,7 @@ EOF
   log "starting unbound '$name' on 127.0.0.1 port $port, forwarding $ZONE to port $fwd"
   unbound -d -c "$dir/unbound.conf" >"$WORK/unbound-$name.log" 2>&1 &
   UNBOUND_PID[$name]=$!
+  declare -F _track_pid >/dev/null && _track_pid "${UNBOUND_PID[$name]}"
   UNBOUND_PORT[$name]="$port"
   local deadline=$((SECONDS + 20))
   until dig +time=1 +tries=1 @127.0.0.1 -p "$port" "ready-$name.$ZONE" A 2>/dev/null | grep -q 'status: NXDOMAIN'; do
