@@ -64,20 +64,27 @@ private:
     const std::uint8_t* end_;
 };
 
-// FNV-1a, then a splitmix64 finaliser so the low bits (used modulo the worker count) mix well.
+// Word-at-a-time multiply-xorshift mixing, then a splitmix64 finaliser so the low bits (used
+// modulo the worker count) are well spread. Not cryptographic: it only routes frames.
 class Hasher {
 public:
-    void add(const void* data, std::size_t n) noexcept {
-        const auto* b = static_cast<const std::uint8_t*>(data);
-        for (std::size_t i = 0; i < n; ++i) {
-            h_ ^= b[i];
-            h_ *= 0x100000001b3ULL;
-        }
+    void add_u64(std::uint64_t v) noexcept {
+        h_ = (h_ ^ v) * 0x9e3779b97f4a7c15ULL;
+        h_ ^= h_ >> 29;
     }
-    void add_u64(std::uint64_t v) noexcept { add(&v, sizeof v); }
     void add_bytes(const Span& s) noexcept {
         add_u64(s.present() ? s.n : ~std::uint64_t{0});  // length first: fields cannot run together
-        add(s.p, s.n);
+        std::size_t i = 0;
+        for (; i + 8 <= s.n; i += 8) {
+            std::uint64_t w;
+            std::memcpy(&w, s.p + i, 8);
+            add_u64(w);
+        }
+        if (i < s.n) {
+            std::uint64_t w = 0;
+            std::memcpy(&w, s.p + i, s.n - i);
+            add_u64(w);
+        }
     }
     std::uint64_t finish() const noexcept {
         std::uint64_t z = h_ + 0x9e3779b97f4a7c15ULL;

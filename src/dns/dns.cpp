@@ -238,7 +238,33 @@ void generic_rdata(const knot_rdata_t* rd, std::string& out) {
     }
 }
 
+// A and AAAA are most answers: printed directly, same text as libknot (inet_ntop) without
+// its snprintf-based machinery.
+bool dump_address(const knot_rrset_t* rr, std::uint16_t pos, std::string& out) {
+    const knot_rdata_t* rd = knot_rdataset_at(&rr->rrs, pos);
+    if (rr->type == KNOT_RRTYPE_A && rd->len == 4) {
+        char buf[16];
+        char* p = buf;
+        for (int i = 0; i < 4; ++i) {
+            const std::uint8_t b = rd->data[i];
+            if (b >= 100) *p++ = static_cast<char>('0' + b / 100);
+            if (b >= 10) *p++ = static_cast<char>('0' + (b / 10) % 10);
+            *p++ = static_cast<char>('0' + b % 10);
+            if (i < 3) *p++ = '.';
+        }
+        out.assign(buf, static_cast<std::size_t>(p - buf));
+        return true;
+    }
+    if (rr->type == KNOT_RRTYPE_AAAA && rd->len == 16) {
+        char buf[INET6_ADDRSTRLEN];
+        out.assign(buf, dns_detail::format_ipv6(rd->data, buf));
+        return true;
+    }
+    return false;
+}
+
 void dump_rdata(Parser& ps, const knot_rrset_t* rr, std::uint16_t pos, std::string& out) {
+    if (dump_address(rr, pos, out)) return;
     for (;;) {
         const int n = knot_rrset_txt_dump_data(rr, pos, ps.text.data(), ps.text.size(), &ps.style);
         if (n >= 0) {
@@ -255,16 +281,17 @@ void dump_rdata(Parser& ps, const knot_rrset_t* rr, std::uint16_t pos, std::stri
     }
 }
 
-void read_edns(const knot_pkt_t* pkt, DnsMessage& m) {
-    const knot_rrset_t* opt = pkt->opt_rr;
+void read_edns(const knot_rrset_t* opt, const knot_edns_options_t* options, DnsMessage& m) {
     if (opt == nullptr) return;
     m.has_edns = true;
     m.edns_udp_size = knot_edns_get_payload(opt);
     m.edns_version = knot_edns_get_version(opt);
     m.edns_do = knot_edns_do(opt);
     m.rcode = knot_edns_whole_rcode(knot_edns_get_ext_rcode(opt), static_cast<std::uint8_t>(m.rcode));
+    if (options == nullptr) return;
 
-    if (const std::uint8_t* o = knot_pkt_edns_option(pkt, KNOT_EDNS_OPTION_CLIENT_SUBNET)) {
+    // Options were bounds-checked by knot_edns_get_options; ptr[] holds the first of each code.
+    if (const std::uint8_t* o = options->ptr[KNOT_EDNS_OPTION_CLIENT_SUBNET]) {
         knot_edns_client_subnet_t ecs{};
         const std::uint16_t olen = knot_edns_opt_get_length(o);
         if (knot_edns_client_subnet_parse(&ecs, o + KNOT_EDNS_OPTION_HDRLEN, olen) == KNOT_EOK) {
@@ -279,7 +306,7 @@ void read_edns(const knot_pkt_t* pkt, DnsMessage& m) {
             }
         }
     }
-    if (const std::uint8_t* o = knot_pkt_edns_option(pkt, KNOT_EDNS_OPTION_EDE)) {
+    if (const std::uint8_t* o = options->ptr[KNOT_EDNS_OPTION_EDE]) {
         const std::uint16_t olen = knot_edns_opt_get_length(o);
         const std::uint8_t* d = o + KNOT_EDNS_OPTION_HDRLEN;
         if (olen >= 2) {
@@ -289,6 +316,38 @@ void read_edns(const knot_pkt_t* pkt, DnsMessage& m) {
                 m.ede_text, std::string_view(reinterpret_cast<const char*>(d + 2), olen - 2u));
         }
     }
+}
+
+// Most queries are header + question + one OPT record. For those, building a knot_pkt_t is
+// most of the cost: wrap the OPT in a knot_rrset_t here and use the same knot_edns_* calls.
+// Returns false when the message is not of that shape (the caller then uses libknot).
+bool parse_lone_opt(Parser& ps, const std::uint8_t* w, std::size_t len, std::size_t pos,
+                    DnsMessage& m) {
+    if (m.ancount != 0 || m.nscount != 0 || m.arcount != 1) return false;
+    if (len - pos < 1 + rr_fixed_size || w[pos] != 0 || rd16(w + pos + 1) != KNOT_RRTYPE_OPT)
+        return false;
+    const std::uint8_t* h = w + pos + 1;
+    const std::size_t rdlength = rd16(h + 8);
+    if (pos + 1 + rr_fixed_size + rdlength != len) return false;
+
+    ps.arena.reset();
+    auto* rdata = static_cast<knot_rdata_t*>(ps.arena.alloc(knot_rdata_size(static_cast<std::uint16_t>(rdlength))));
+    if (rdata == nullptr) return false;
+    knot_rdata_init(rdata, static_cast<std::uint16_t>(rdlength), h + rr_fixed_size);
+    std::uint8_t root_name[1] = {0};
+    knot_rrset_t opt;
+    knot_rrset_init(&opt, root_name, KNOT_RRTYPE_OPT, rd16(h + 2),
+                    (std::uint32_t{rd16(h + 4)} << 16) | rd16(h + 6));
+    opt.rrs.count = 1;
+    opt.rrs.size = static_cast<std::uint32_t>(knot_rdata_size(rdata->len));
+    opt.rrs.rdata = rdata;
+    knot_edns_options_t* options = nullptr;
+    if (knot_edns_get_options(&opt, &options, &ps.mm) != KNOT_EOK) {
+        m.error = "bad_rr";  // what the libknot path reports for malformed options
+        return true;
+    }
+    read_edns(&opt, options, m);
+    return true;
 }
 
 void read_answers(Parser& ps, const knot_pkt_t* pkt, DnsMessage& m) {
@@ -366,6 +425,7 @@ bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m) {
     }
 
     Parser& ps = parser();
+    if (parse_lone_opt(ps, w, len, pos, m)) return m.error.empty();
     ps.arena.reset();
     std::memcpy(ps.wire.get(), w, len);
     KnotPacket pkt(knot_pkt_new(ps.wire.get(), static_cast<std::uint16_t>(len), &ps.mm));
@@ -378,7 +438,7 @@ bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m) {
     const int ret = knot_pkt_parse(pkt.get(), KNOT_PF_KEEPWIRE);
     // On failure libknot keeps the records parsed before the bad one: use them.
     read_answers(ps, pkt.get(), m);
-    read_edns(pkt.get(), m);
+    read_edns(pkt.get()->opt_rr, pkt.get()->edns_opts, m);
     if (ret != KNOT_EOK) {
         if (ret == KNOT_ETRAIL) {
             m.error = "trailing_data";

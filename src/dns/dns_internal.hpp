@@ -27,4 +27,9 @@ NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, 
 // result is plain ASCII whatever the input (it goes into PostgreSQL text columns).
 void append_escaped_ascii(std::string& out, std::string_view s);
 
+// IPv6 text exactly as glibc's inet_ntop prints it (RFC 5952 zero compression, embedded
+// IPv4 for ::a.b.c.d and ::ffff:a.b.c.d), without its sprintf calls. `out` needs 46 bytes;
+// returns the length written (no terminator).
+std::size_t format_ipv6(const std::uint8_t* address, char* out) noexcept;
+
 }  // namespace dnstap_collector::dns_detail

@@ -116,6 +116,15 @@ NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, 
 }
 
 void append_escaped_ascii(std::string& out, std::string_view s) {
+    // Usually nothing needs escaping: one scan, one append.
+    std::size_t plain = 0;
+    while (plain < s.size()) {
+        const auto c = static_cast<std::uint8_t>(s[plain]);
+        if (c < 0x20 || c >= 0x7F || c == '\\') break;
+        ++plain;
+    }
+    out.append(s.data(), plain);
+    s.remove_prefix(plain);
     for (const char sc : s) {
         const auto c = static_cast<std::uint8_t>(sc);
         if (c >= 0x20 && c < 0x7F) {
@@ -127,6 +136,58 @@ void append_escaped_ascii(std::string& out, std::string_view s) {
             out.append(b, 4);
         }
     }
+}
+
+std::size_t format_ipv6(const std::uint8_t* a, char* out) noexcept {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::uint16_t words[8];
+    for (int i = 0; i < 8; ++i)
+        words[i] = static_cast<std::uint16_t>((a[2 * i] << 8) | a[2 * i + 1]);
+    // Longest run of zero words (first one on ties); runs of one are not compressed.
+    int best_base = -1, best_len = 0;
+    for (int i = 0; i < 8;) {
+        if (words[i] != 0) {
+            ++i;
+            continue;
+        }
+        int j = i;
+        while (j < 8 && words[j] == 0) ++j;
+        if (j - i > best_len) {
+            best_base = i;
+            best_len = j - i;
+        }
+        i = j;
+    }
+    if (best_len < 2) best_base = -1;
+
+    char* p = out;
+    for (int i = 0; i < 8; ++i) {
+        if (best_base != -1 && i >= best_base && i < best_base + best_len) {
+            if (i == best_base) *p++ = ':';
+            continue;
+        }
+        if (i != 0) *p++ = ':';
+        if (i == 6 && best_base == 0 && (best_len == 6 || (best_len == 5 && words[5] == 0xffff))) {
+            for (int k = 12; k < 16; ++k) {  // embedded IPv4
+                const std::uint8_t b = a[k];
+                if (b >= 100) *p++ = static_cast<char>('0' + b / 100);
+                if (b >= 10) *p++ = static_cast<char>('0' + (b / 10) % 10);
+                *p++ = static_cast<char>('0' + b % 10);
+                if (k < 15) *p++ = '.';
+            }
+            return static_cast<std::size_t>(p - out);
+        }
+        bool started = false;
+        for (int shift = 12; shift >= 0; shift -= 4) {
+            const unsigned nibble = (words[i] >> shift) & 0xF;
+            if (nibble != 0 || started || shift == 0) {
+                *p++ = hex[nibble];
+                started = true;
+            }
+        }
+    }
+    if (best_base != -1 && best_base + best_len == 8) *p++ = ':';
+    return static_cast<std::size_t>(p - out);
 }
 
 }  // namespace dns_detail

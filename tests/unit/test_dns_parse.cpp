@@ -1,9 +1,13 @@
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
+
+#include <array>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "dns/dns_internal.hpp"
 #include "dnstap_collector/dns.hpp"
 
 using namespace dnstap_collector;
@@ -386,4 +390,38 @@ TEST_CASE("mnemonics for types, classes, rcodes, opcodes and flags", "[dns]") {
     CHECK(flags_to_text(0x0130) == "rd ad cd");
     CHECK(flags_to_text(0x0200) == "tc");
     CHECK(flags_to_text(0) == "");
+}
+
+TEST_CASE("AAAA text is exactly inet_ntop's", "[dns]") {
+    std::mt19937 rng(3);
+    std::vector<std::array<std::uint8_t, 16>> cases;
+    auto from_words = [](std::initializer_list<unsigned> w) {
+        std::array<std::uint8_t, 16> a{};
+        std::size_t i = 0;
+        for (const unsigned v : w) {
+            a[i++] = static_cast<std::uint8_t>(v >> 8);
+            a[i++] = static_cast<std::uint8_t>(v);
+        }
+        return a;
+    };
+    cases.push_back(from_words({0, 0, 0, 0, 0, 0, 0, 0}));
+    cases.push_back(from_words({0, 0, 0, 0, 0, 0, 0, 1}));
+    cases.push_back(from_words({0, 0, 0, 0, 0, 0xffff, 0xc000, 0x0201}));
+    cases.push_back(from_words({0, 0, 0, 0, 0, 0, 0xc000, 0x0201}));
+    cases.push_back(from_words({0x2001, 0xdb8, 0, 0, 1, 0, 0, 1}));
+    cases.push_back(from_words({0x2001, 0, 0xdb8, 0, 0, 0, 0, 0}));
+    cases.push_back(from_words({1, 0, 1, 0, 1, 0, 1, 0}));
+    cases.push_back(from_words({0xfe80, 0, 0, 0, 0x0abc, 0xdef0, 0x1234, 0x5678}));
+    for (int i = 0; i < 20000; ++i) {
+        std::array<std::uint8_t, 16> a{};
+        for (auto& b : a) b = (rng() % 3 == 0) ? static_cast<std::uint8_t>(rng()) : 0;
+        cases.push_back(a);
+    }
+    for (const auto& a : cases) {
+        char expected[INET6_ADDRSTRLEN];
+        REQUIRE(inet_ntop(AF_INET6, a.data(), expected, sizeof expected) != nullptr);
+        char got[INET6_ADDRSTRLEN];
+        const std::size_t n = dns_detail::format_ipv6(a.data(), got);
+        REQUIRE(std::string(got, n) == expected);
+    }
 }
