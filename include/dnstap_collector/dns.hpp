@@ -19,8 +19,10 @@ struct ResourceRecord {
 };
 
 struct DnsMessage {
-    // Empty when the whole message parsed; otherwise the reason (e.g. "truncated",
-    // "bad_compression", "name_too_long") and the fields below hold what did parse.
+    // Empty when the whole message parsed; otherwise the first problem: "truncated",
+    // "bad_compression", "name_too_long", "bad_name" (extended label type), "bad_rr" (framing
+    // fine but rdata/OPT refused), "trailing_data", "bad_qdcount" (more than one question),
+    // "too_large" (over 65535 octets), "no_memory". The fields below hold what did parse.
     std::string error;
     std::uint32_t size = 0;
     std::uint16_t id = 0;
@@ -57,7 +59,8 @@ bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& out);
 bool name_to_text(std::span<const std::uint8_t> wire_name, std::string& out, bool lowercase = true);
 std::string lowercase_name(std::string_view presentation);
 
-// Mnemonics: "A", "TYPE65280"; "IN", "CLASS3"; "NXDOMAIN", "RCODE23"; "QUERY", "OPCODE7".
+// Mnemonics: "A", "TYPE65280"; "IN", "CH", "CLASS7"; "NXDOMAIN", "BADCOOKIE" (23), "RCODE12";
+// "QUERY", "OPCODE7".
 std::string type_to_text(std::uint16_t type);
 std::string class_to_text(std::uint16_t rclass);
 std::string rcode_to_text(std::uint16_t rcode);

@@ -18,8 +18,9 @@ struct NameResult {
 };
 
 // Reads the name at `pos` of the message `msg[0..len)` and appends its presentation form to
-// `out`. Pointers are followed only when `allow_pointers`, and only to before the start of the
-// labels that led to them, which makes loops impossible. On error `out` holds the labels read so far.
+// `out`. Pointers are followed only when `allow_pointers`, and only to before the start of
+// the labels that led to them, which makes loops impossible. On error `out` holds the labels
+// read so far.
 NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, std::string& out,
                      bool lowercase, bool allow_pointers = true);
 
