@@ -21,8 +21,9 @@ COLLECTOR="${COLLECTOR:-$BUILD_DIR/dnstap-collector}"
 # The test name for messages: the script that sourced us.
 TEST_NAME="$(basename "${BASH_SOURCE[-1]}" .sh)"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/dnstap-it.XXXXXX")"
-# named (user bind) and postgres must traverse it to reach their own dirs and the socket.
+# Under /tmp, not $TMPDIR: named (user bind) and postgres must traverse every directory
+# above their own dirs and the socket, and a private $TMPDIR (0700) would not let them.
+WORK="$(mktemp -d "${DNSTAP_TEST_TMPDIR:-/tmp}/dnstap-it.XXXXXX")"
 chmod 0755 "$WORK"
 export WORK
 
