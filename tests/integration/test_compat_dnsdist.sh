@@ -89,8 +89,8 @@ log "dnsdist1: $n client exchanges stored once, paired, right questions; named h
 # cleanly anyway, with nothing half-read.
 _terminate "$DNSDIST_PID" 10 || true
 DNSDIST_PID=""
-sleep 0.5
-closing="$(grep -E 'connection closed: unix:' "$WORK/collector.log" | tail -n 1)"
+wait_for "grep -q 'connection closed: unix:' '$WORK/collector.log'" 5 || true
+closing="$(grep -E 'connection closed: unix:' "$WORK/collector.log" | tail -n 1 || true)"
 log "collector, after dnsdist stopped: $closing"
 stop_named ns1
 stop_collector
