@@ -80,6 +80,10 @@ DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& o
 // table without a full decode. Same hash for a query and its response.
 std::uint64_t route_hash(std::span<const std::uint8_t> frame) noexcept;
 
+// Appends s as a JSON string: quotes, backslashes and control characters escaped; bytes of
+// 0x80 and above are copied (the caller passes valid UTF-8; our names are ASCII already).
+void append_json_string(std::string& out, std::string_view s);
+
 // Text line like dnstap-read's default output, and a JSON object, for `read` and `tail`.
 std::string format_text(const DnstapMessage& m);
 std::string format_json(const DnstapMessage& m);

@@ -58,8 +58,7 @@ std::string upper(std::string_view s) {
     return u;
 }
 
-// Minimal JSON writer: strings escaped per RFC 8259; bytes >= 0x80 become \u00XX so the
-// output is ASCII whatever went in (our strings are already ASCII-escaped anyway).
+// Minimal JSON writer: strings escaped per RFC 8259 by append_json_string.
 class Json {
 public:
     std::string out;
@@ -106,29 +105,7 @@ private:
         if (!first_) out += ',';
         first_ = false;
     }
-    void string(std::string_view s) {
-        static constexpr char hex[] = "0123456789abcdef";
-        out += '"';
-        for (const char sc : s) {
-            const auto c = static_cast<std::uint8_t>(sc);
-            switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (c < 0x20 || c >= 0x7F) {
-                    out += "\\u00";
-                    out += hex[c >> 4];
-                    out += hex[c & 0xF];
-                } else {
-                    out += sc;
-                }
-            }
-        }
-        out += '"';
-    }
+    void string(std::string_view s) { append_json_string(out, s); }
     bool first_ = true;
 };
 
@@ -212,6 +189,30 @@ std::string format_text(const DnstapMessage& m) {
         out += "?/?/?";
     }
     return out;
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+    static constexpr char hex[] = "0123456789abcdef";
+    out += '"';
+    for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                out += "\\u00";
+                out += hex[c >> 4];
+                out += hex[c & 0xf];
+            } else {
+                out += ch;
+            }
+        }
+    }
+    out += '"';
 }
 
 std::string format_json(const DnstapMessage& m) {

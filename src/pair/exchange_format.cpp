@@ -23,28 +23,6 @@ ExchangeView::ExchangeView(const Exchange& e) noexcept
 
 namespace {
 
-void append_json_string(std::string& out, std::string_view s) {
-    out.push_back('"');
-    for (unsigned char c : s) {
-        switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\t': out += "\\t"; break;
-        case '\r': out += "\\r"; break;
-        default:
-            if (c < 0x20 || c >= 0x7f) {
-                char buf[8];
-                std::snprintf(buf, sizeof buf, "\\u%04x", c);
-                out += buf;
-            } else {
-                out.push_back(static_cast<char>(c));
-            }
-        }
-    }
-    out.push_back('"');
-}
-
 std::string timestamp(std::int64_t ns) {
     if (ns < 0) return "-";
     const std::time_t seconds = static_cast<std::time_t>(ns / 1'000'000'000);

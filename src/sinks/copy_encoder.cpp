@@ -134,25 +134,6 @@ std::string sanitize_text(std::string_view raw, bool escape_backslash) {
     return out;
 }
 
-void append_json_string(std::string& out, std::string_view s) {
-    out += '"';
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += ch;
-        } else if (c < 0x20) {
-            static constexpr char hex[] = "0123456789abcdef";
-            out += "\\u00";
-            out += hex[c >> 4];
-            out += hex[c & 0xf];
-        } else {
-            out += ch;
-        }
-    }
-    out += '"';
-}
-
 namespace {
 
 // Presentation name as stored: lowercase, no trailing dot (root stays "."), valid UTF-8.

@@ -49,8 +49,6 @@ private:
 // With escape_backslash, '\' becomes "\\" so the result reads back unambiguously (raw bytes
 // such as identity); names already in presentation format keep their escapes as they are.
 std::string sanitize_text(std::string_view raw, bool escape_backslash);
-// JSON string literal (with quotes) of already valid UTF-8.
-void append_json_string(std::string& out, std::string_view utf8);
 
 // Every column of dnstap.exchange the collector writes, in COPY order. Defined once: the
 // COPY statement and the row encoder both walk this table.

@@ -25,7 +25,7 @@ std::optional<std::string> unix_param(const std::optional<std::chrono::sys_secon
 
 std::string json_string(std::string_view s) {
     std::string out;
-    copy::append_json_string(out, copy::sanitize_text(s, false));
+    append_json_string(out, copy::sanitize_text(s, false));
     return out;
 }
 
