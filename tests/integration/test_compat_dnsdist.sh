@@ -9,7 +9,14 @@ require_cmd dnsdist dnsperf comm
 export LC_ALL=C
 
 DNSDIST_PID=""
-trap '_rc=$?; set +e; [[ -n "$DNSDIST_PID" ]] && _terminate "$DNSDIST_PID" 10; (exit $_rc); _cleanup' EXIT
+_stop_dnsdist_then_cleanup() {
+  local rc=$?
+  set +e
+  [[ -n "$DNSDIST_PID" ]] && _terminate "$DNSDIST_PID" 10
+  (exit "$rc")
+  _cleanup
+}
+trap _stop_dnsdist_then_cleanup EXIT
 
 start_postgres
 collector_migrate

@@ -7,7 +7,14 @@ require_cmd knotd knotc dnsperf comm
 export LC_ALL=C
 
 KNOT_PID=""
-trap '_rc=$?; set +e; [[ -n "$KNOT_PID" ]] && _terminate "$KNOT_PID" 10; (exit $_rc); _cleanup' EXIT
+_stop_knot_then_cleanup() {
+  local rc=$?
+  set +e
+  [[ -n "$KNOT_PID" ]] && _terminate "$KNOT_PID" 10
+  (exit "$rc")
+  _cleanup
+}
+trap _stop_knot_then_cleanup EXIT
 
 start_postgres
 collector_migrate
@@ -103,4 +110,7 @@ stored="$(collector_stat messages_stored)"
 dropped="$(collector_stat dropped_total)"
 ((received == stored + dropped)) || fail "invariant broken: frames_received=$received != $stored + $dropped"
 ((dropped == 0)) || fail "collector dropped $dropped frames: $(grep 'stats:' "$WORK/collector.log" | tail -n 1)"
-((received == 2 * (n + 1))) || fail "frames_received=$received, expected $((2 * (n + 1))) ($n queries and the readiness probe)"
+probe_msgs="$(psql_value "SELECT coalesce(sum(has_query::int + has_response::int), 0) FROM dnstap.exchange
+  WHERE identity = 'knot1' AND qname LIKE 'ready.%'")"
+((received == 2 * n + probe_msgs)) \
+  || fail "frames_received=$received, expected $((2 * n + probe_msgs)) ($n queries and $probe_msgs readiness probe messages)"

@@ -9,7 +9,14 @@ require_cmd kresd dnsperf comm
 export LC_ALL=C
 
 KRESD_PID=""
-trap '_rc=$?; set +e; [[ -n "$KRESD_PID" ]] && _terminate "$KRESD_PID" 10; (exit $_rc); _cleanup' EXIT
+_stop_kresd_then_cleanup() {
+  local rc=$?
+  set +e
+  [[ -n "$KRESD_PID" ]] && _terminate "$KRESD_PID" 10
+  (exit "$rc")
+  _cleanup
+}
+trap _stop_kresd_then_cleanup EXIT
 
 start_postgres
 collector_migrate

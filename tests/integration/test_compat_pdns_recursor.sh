@@ -9,7 +9,14 @@ require_cmd pdns_recursor dnsperf comm
 export LC_ALL=C
 
 PDNS_PID=""
-trap '_rc=$?; set +e; [[ -n "$PDNS_PID" ]] && _terminate "$PDNS_PID" 10; (exit $_rc); _cleanup' EXIT
+_stop_pdns_then_cleanup() {
+  local rc=$?
+  set +e
+  [[ -n "$PDNS_PID" ]] && _terminate "$PDNS_PID" 10
+  (exit "$rc")
+  _cleanup
+}
+trap _stop_pdns_then_cleanup EXIT
 
 start_postgres
 collector_migrate

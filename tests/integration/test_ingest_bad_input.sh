@@ -192,7 +192,15 @@ defer_fail() { log "CHECK FAILED: $*"; DEFERRED+=("$*"); }
 
 # Stop the background query flow on every exit path, then the harness cleanup.
 FLOW_PID=""
-trap '_rc=$?; touch "$WORK/flow.stop" 2>/dev/null; [[ -n "$FLOW_PID" ]] && kill "$FLOW_PID" 2>/dev/null; (exit $_rc); _cleanup' EXIT
+_stop_flow_then_cleanup() {
+  local rc=$?
+  set +e
+  touch "$WORK/flow.stop" 2>/dev/null
+  [[ -n "$FLOW_PID" ]] && kill "$FLOW_PID" 2>/dev/null
+  (exit "$rc")
+  _cleanup
+}
+trap _stop_flow_then_cleanup EXIT
 
 # --- Setup ----------------------------------------------------------------------------------
 start_postgres
