@@ -56,12 +56,14 @@ fail() {
   exit 1
 }
 
-# set -e stops a test at any failing command; say which one, with the logs.
+# set -e stops a test at any failing top-level command; say which one, with the logs. Only
+# when set -e is on (so the shell is about to exit by itself): no exit here, so an EXIT trap
+# of a test that chains to _cleanup still runs to the end.
 _on_error() {
   local rc=$? line="$1" cmd="$2"
+  [[ $- == *e* ]] || return 0
   _print_logs
   printf '\nFAIL: %s: line %s: "%s" exited with status %s\n' "$TEST_NAME" "$line" "$cmd" "$rc" >&2
-  exit "$rc"
 }
 trap '_on_error "$LINENO" "$BASH_COMMAND"' ERR
 
@@ -114,6 +116,7 @@ trap 'exit 143' TERM
 _start_reaper() {
   local parent=$$
   (
+    set +e # some of the pids are long gone; carry on regardless
     trap '' INT TERM
     while kill -0 "$parent" 2>/dev/null; do sleep 1; done
     [[ -d "$WORK" && ! -e "$WORK/.done" ]] || exit 0
