@@ -27,6 +27,10 @@ enum class SocketProtocol : std::uint8_t {
 };
 
 bool is_query(MessageType t) noexcept;                  // odd values: *_QUERY
+// Whether the initiator's address and port identify an exchange of this type. Not for
+// resolver and forwarder messages: the initiator is the server itself, and senders report its
+// side inconsistently (BIND: 0.0.0.0; Unbound: another query's port in some FR messages).
+bool pairs_on_query_side(MessageType t) noexcept;
 std::string_view kind_of(MessageType t) noexcept;        // "client", "resolver", "auth", ...
 std::string_view short_name(MessageType t) noexcept;     // "CQ", "CR", "AQ", ... as dnstap-read
 std::string_view to_string(MessageType t) noexcept;      // "CLIENT_QUERY", ...

@@ -17,8 +17,9 @@ namespace dnstap_collector {
 class ExchangeSink;
 struct Metrics;
 
-// What leaves the collector about clients (applied to every message before it is paired or
-// stored; the key of a pair is computed on the same transformed values for both sides).
+// What leaves the collector about clients. Applied to each exchange once it is paired, so
+// pairing sees the real addresses and a pair is kept or excluded as a whole (its kind is the
+// query's: BIND answers an RD=1 AUTH_QUERY with a CLIENT_RESPONSE).
 struct PrivacyOptions {
     int client_prefix_v4 = 32;     // keep this many bits of query_address (24: a /24)
     int client_prefix_v6 = 128;    // 56: a /56
@@ -31,12 +32,13 @@ struct PrivacyOptions {
     }
 };
 
-// Applies the options; false when the message must not be stored (counted as filtered).
+// Applies the options; false when the exchange must not be stored (counted as filtered).
 class Privacy {
 public:
     explicit Privacy(PrivacyOptions options);
-    bool apply(DnstapMessage& m) const;
+    bool apply(Exchange& e) const;
 private:
+    void protect(IpAddress& client) const;
     PrivacyOptions options_;
 };
 

@@ -7,6 +7,9 @@
 #include <sstream>
 #include <string_view>
 
+#include <arpa/inet.h>
+#include <grp.h>
+
 #include <toml++/toml.h>
 
 #include "dnstap_collector/frame.hpp"
@@ -53,9 +56,15 @@ FileSinkOptions& file(Config& c) {
     return *c.file;
 }
 
+bool valid_address(const std::string& host);
+
 TcpListenerOptions parse_tcp(const std::string& value) {
     TcpListenerOptions tcp;
     std::string host = value;
+    const auto numeric = [&](const std::string& h) {
+        if (!valid_address(h)) throw ConfigError("'" + h + "' is not a numeric address");
+        return h;
+    };
     std::string port;
     if (!value.empty() && value.front() == '[') {  // [::1]:6000
         auto close = value.find(']');
@@ -66,7 +75,7 @@ TcpListenerOptions parse_tcp(const std::string& value) {
         host = value.substr(0, colon);
         port = value.substr(colon + 1);
     }
-    tcp.host = host.empty() ? "127.0.0.1" : host;
+    tcp.host = host.empty() ? "127.0.0.1" : numeric(host);
     if (!port.empty()) tcp.port = parse_number<std::uint16_t>(port, "tcp port", 1, 65535);
     return tcp;
 }
@@ -106,6 +115,39 @@ std::chrono::sys_seconds parse_time(const std::string& value, std::string_view w
     return sys_seconds(seconds(timegm(&tm)));
 }
 
+// "192.0.2.1", "2001:db8::1", optionally "/LEN": what a source-network entry must look like.
+bool valid_network(const std::string& value) {
+    const auto slash = value.find('/');
+    const std::string address = value.substr(0, slash);
+    unsigned char buf[16];
+    int bits = 0;
+    if (inet_pton(AF_INET, address.c_str(), buf) == 1) bits = 32;
+    else if (inet_pton(AF_INET6, address.c_str(), buf) == 1) bits = 128;
+    else return false;
+    if (slash == std::string::npos) return true;
+    int length = -1;
+    const std::string len = value.substr(slash + 1);
+    auto [ptr, ec] = std::from_chars(len.data(), len.data() + len.size(), length);
+    return ec == std::errc() && ptr == len.data() + len.size() && length >= 0 && length <= bits;
+}
+
+bool valid_address(const std::string& host) {
+    unsigned char buf[16];
+    return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+// Each value is checked where it is set, so a bad one names its flag or its key and line,
+// and `--check` refuses whatever `serve` would refuse at start.
+std::string checked_metrics_address(const std::string& m) {
+    const auto colon = m.rfind(':');
+    std::string host = colon == std::string::npos ? "" : m.substr(0, colon);
+    if (host.size() > 1 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    if (colon == std::string::npos || (!host.empty() && !valid_address(host)))
+        throw ConfigError("'" + m + "' is not HOST:PORT with a numeric address");
+    parse_number<std::uint16_t>(m.substr(colon + 1), "port", 1, 65535);
+    return m;
+}
+
 const std::vector<Option>& options() {
     static const std::vector<Option> all = {
         {"config", 0, "", true, "TOML configuration file", [](Config& c, const std::string& v) { c.config_file = v; }},
@@ -122,13 +164,19 @@ const std::vector<Option>& options() {
              c.socket_mode = mode;
          }},
         {"socket-group", 0, "listen.socket_group", true, "group of the Unix sockets (default: bind, if it exists)",
-         [](Config& c, const std::string& v) { c.socket_group = v; }},
+         [](Config& c, const std::string& v) {
+             if (getgrnam(v.c_str()) == nullptr) throw ConfigError("no group named '" + v + "'");
+             c.socket_group = v;
+         }},
         {"tcp", 'a', "listen.tcp", true, "TCP address to listen on, HOST[:PORT] (repeatable)",
          [](Config& c, const std::string& v) { c.ingest.tcp.push_back(parse_tcp(v)); }},
         {"port", 'p', "listen.port", true, "TCP port for -a HOST (as fstrm_capture)",
          [](Config& c, const std::string& v) { c.tcp_port = parse_number<std::uint16_t>(v, "port", 1, 65535); }},
         {"tcp-allow", 0, "listen.tcp_allow", true, "source network allowed over TCP, CIDR (repeatable)",
-         [](Config& c, const std::string& v) { c.ingest.tcp_allow.push_back(v); }},
+         [](Config& c, const std::string& v) {
+             if (!valid_network(v)) throw ConfigError("'" + v + "' is not an address or CIDR network");
+             c.ingest.tcp_allow.push_back(v);
+         }},
         {"type", 't', "listen.content_type", true, "content type (only protobuf:dnstap.Dnstap)",
          [](Config&, const std::string& v) {
              if (v != dnstap_content_type) throw ConfigError("type: only " + std::string(dnstap_content_type) + " is supported");
@@ -193,7 +241,7 @@ const std::vector<Option>& options() {
         {"localtime", 0, "file.localtime", false, "strftime in local time", [](Config& c, const std::string& v) { file(c).localtime = v != "false"; }},
         {"gmtime", 0, "", false, "strftime in UTC (default)", [](Config& c, const std::string&) { file(c).localtime = false; }},
         {"metrics", 0, "metrics.listen", true, "serve Prometheus metrics on HOST:PORT",
-         [](Config& c, const std::string& v) { c.metrics_address = v; }},
+         [](Config& c, const std::string& v) { c.metrics_address = checked_metrics_address(v); }},
         {"tail-socket", 0, "tail.socket", true, "Unix socket where `tail` attaches",
          [](Config& c, const std::string& v) { c.tail_socket = v; }},
         {"from", 0, "", true, "window start (lookup, report): 2026-11-21[T10:00:00Z], unix seconds, or an age like 24h",

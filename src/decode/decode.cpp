@@ -111,6 +111,16 @@ bool is_query(MessageType t) noexcept {
     return (static_cast<unsigned>(t) & 1u) != 0;
 }
 
+bool pairs_on_query_side(MessageType t) noexcept {
+    switch (t) {
+    case MessageType::resolver_query:
+    case MessageType::resolver_response:
+    case MessageType::forwarder_query:
+    case MessageType::forwarder_response: return false;
+    default: return true;
+    }
+}
+
 std::string_view kind_of(MessageType t) noexcept {
     switch (t) {
     case MessageType::auth_query:

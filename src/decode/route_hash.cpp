@@ -115,7 +115,7 @@ std::uint64_t route_hash(std::span<const std::uint8_t> frame) noexcept {
     if (!message.present()) return 0;
 
     Span query_address, response_address, query_message, response_message;
-    std::uint64_t protocol = 0, query_port = 0, response_port = 0;
+    std::uint64_t type = 0, protocol = 0, query_port = 0, response_port = 0;
     WireReader r(message.p, message.n);
     while (!r.done()) {
         std::uint32_t number = 0;
@@ -123,6 +123,7 @@ std::uint64_t route_hash(std::span<const std::uint8_t> frame) noexcept {
         Span bytes;
         if (!r.field(number, value, bytes)) return 0;
         switch (number) {
+        case 1: type = value; break;
         case 3: protocol = value; break;
         case 4: query_address = bytes; break;
         case 5: response_address = bytes; break;
@@ -141,9 +142,11 @@ std::uint64_t route_hash(std::span<const std::uint8_t> frame) noexcept {
     Hasher h;
     h.add_bytes(identity);
     h.add_u64(protocol);
-    h.add_bytes(query_address);
+    if (pairs_on_query_side(static_cast<MessageType>(type <= 14 ? type : 0))) {
+        h.add_bytes(query_address);
+        h.add_u64(query_port);
+    }
     h.add_bytes(response_address);
-    h.add_u64(query_port);
     h.add_u64(response_port);
     h.add_u64(dns_id);
     return h.finish();

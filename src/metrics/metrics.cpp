@@ -72,8 +72,10 @@ std::string Metrics::prometheus() const {
     metric("duplicates_total", "counter", "Messages whose pairing key was already pending.", get(duplicates));
     metric("rows_written_total", "counter", "Rows written to PostgreSQL.", get(rows_written));
     metric("batches_written_total", "counter", "Batches committed to PostgreSQL.", get(batches_written));
-    metric("batch_latency_seconds_sum", "counter", "Time spent writing batches.",
-           static_cast<double>(get(batch_latency_us_sum)) / 1e6);
+    out << "# HELP dnstap_collector_batch_latency_seconds Time to write one batch to PostgreSQL.\n"
+        << "# TYPE dnstap_collector_batch_latency_seconds summary\n"
+        << "dnstap_collector_batch_latency_seconds_sum " << static_cast<double>(get(batch_latency_us_sum)) / 1e6 << '\n'
+        << "dnstap_collector_batch_latency_seconds_count " << get(batches_written) << '\n';
     metric("spool_bytes", "gauge", "Bytes waiting in the on-disk spool.", get(spool_bytes));
     metric("database_up", "gauge", "1 when PostgreSQL is reachable.", get(database_up));
     metric("queue_depth", "gauge", "Frames waiting for a worker.", get(queue_depth));

@@ -31,9 +31,14 @@ bool pair_key_of(const DnstapMessage& m, PairKey& key) {
     if (dns == nullptr || !dns->has_question || m.type == MessageType::unknown) return false;
     key.identity = m.identity;
     key.protocol = m.protocol;
-    key.query_address = m.query_address;
+    if (pairs_on_query_side(m.type)) {
+        key.query_address = m.query_address;
+        key.query_port = m.query_port;
+    } else {
+        key.query_address = IpAddress{};
+        key.query_port = 0;
+    }
     key.response_address = m.response_address;
-    key.query_port = m.query_port;
     key.response_port = m.response_port;
     key.dns_id = dns->id;
     key.qname = lowercase_name(dns->qname);

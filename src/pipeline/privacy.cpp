@@ -29,19 +29,26 @@ Privacy::Privacy(PrivacyOptions options) : options_(std::move(options)) {
     }
 }
 
-bool Privacy::apply(DnstapMessage& m) const {
+bool Privacy::apply(Exchange& e) const {
+    const DnstapMessage& first = e.any();
     if (!options_.exclude_kinds.empty() &&
-        std::find(options_.exclude_kinds.begin(), options_.exclude_kinds.end(), kind_of(m.type)) != options_.exclude_kinds.end())
+        std::find(options_.exclude_kinds.begin(), options_.exclude_kinds.end(), kind_of(first.type)) !=
+            options_.exclude_kinds.end())
         return false;
     if (!options_.exclude_names.empty()) {
-        if (const DnsMessage* dns = m.primary(); dns && dns->has_question) {
+        if (const DnsMessage* dns = first.primary(); dns && dns->has_question) {
             const std::string name = lowercase_name(dns->qname);
             for (const auto& suffix : options_.exclude_names)
                 if (under(name, suffix)) return false;
         }
     }
-    IpAddress& client = m.query_address;
-    if (client.empty()) return true;
+    if (e.query) protect(e.query->query_address);
+    if (e.response) protect(e.response->query_address);
+    return true;
+}
+
+void Privacy::protect(IpAddress& client) const {
+    if (client.empty()) return;
     if (!options_.hash_key.empty()) {
         // Keyed, so nobody without the key can test guesses; same client, same pseudonym, so
         // "what else did this client ask" still works. The result stays an address of the same
@@ -54,7 +61,6 @@ bool Privacy::apply(DnstapMessage& m) const {
             client = IpAddress{};  // never store the real address when hashing was asked for
     }
     truncate(client, client.length == 4 ? options_.client_prefix_v4 : options_.client_prefix_v6);
-    return true;
 }
 
 }  // namespace dnstap_collector

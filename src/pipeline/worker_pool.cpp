@@ -55,6 +55,10 @@ struct WorkerPool::Impl {
             out.reserve(max_rows_per_handoff);
         };
         Pairer pairer(options.pairing, metrics, [&](Exchange&& e) {
+            if (filtering && !privacy.apply(e)) {
+                metrics.drop(DropReason::filtered, e.message_count());
+                return;
+            }
             out.push_back(std::move(e));
             if (out.size() >= max_rows_per_handoff) hand_off();
         });
@@ -95,10 +99,6 @@ struct WorkerPool::Impl {
             break;
         }
         metrics.messages_decoded.fetch_add(1, std::memory_order_relaxed);
-        if (filtering && !privacy.apply(message)) {
-            metrics.drop(DropReason::filtered);
-            return;
-        }
         pairer.add(std::move(message));
     }
 

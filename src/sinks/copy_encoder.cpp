@@ -166,7 +166,7 @@ struct RowSource {
     const DnsMessage* q;         // DNS of the query message
     const DnsMessage* r;         // DNS of the response message
     const DnsMessage* head;      // question and header: the query's, else the response's
-    const DnsMessage* edns;      // OPT: the response's, else the query's
+    const DnsMessage* edns;      // OPT: the query's, else the response's
     std::int64_t time_us;
     std::int64_t response_time_ns;
     std::int64_t latency_us;     // -1 when unknown
@@ -177,7 +177,9 @@ namespace {
 RowSource make_source(const Exchange& e) {
     const DnsMessage* q = e.query && e.query->query ? &*e.query->query : nullptr;
     const DnsMessage* r = e.response && e.response->response ? &*e.response->response : nullptr;
-    const DnsMessage* edns = r && r->has_edns ? r : (q && q->has_edns ? q : nullptr);
+    // The client's OPT (its buffer size, DO, subnet) is what an analyst asks about; the
+    // server's is the fallback when the query is not there (BIND's CR comes alone).
+    const DnsMessage* edns = q && q->has_edns ? q : (r && r->has_edns ? r : nullptr);
     const ExchangeView view(e);
     return RowSource{e, e.any(), q, r, q ? q : r, edns, exchange_time_us(e), view.response_time_ns, view.latency_us};
 }

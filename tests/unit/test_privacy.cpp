@@ -5,17 +5,24 @@
 using namespace dnstap_collector;
 
 namespace {
-DnstapMessage client_query(std::initializer_list<std::uint8_t> address, std::string qname = "www.example.com") {
+Exchange client_query(std::initializer_list<std::uint8_t> address, std::string qname = "www.example.com",
+                      MessageType type = MessageType::client_query) {
     DnstapMessage m;
-    m.type = MessageType::client_query;
+    m.type = type;
     std::copy(address.begin(), address.end(), m.query_address.bytes.begin());
     m.query_address.length = static_cast<std::uint8_t>(address.size());
     DnsMessage dns;
     dns.has_question = true;
     dns.qname = std::move(qname);
     m.query = dns;
-    return m;
+    Exchange e;
+    e.response = m;  // a response with the same client side, as BIND's CR carries it
+    e.response->type = MessageType::client_response;
+    e.query = std::move(m);
+    return e;
 }
+
+std::string client_of(const Exchange& e) { return e.query->query_address.to_string(); }
 }  // namespace
 
 TEST_CASE("client addresses are truncated to the configured prefix") {
@@ -25,10 +32,11 @@ TEST_CASE("client addresses are truncated to the configured prefix") {
     Privacy privacy(o);
     auto v4 = client_query({192, 0, 2, 77});
     REQUIRE(privacy.apply(v4));
-    CHECK(v4.query_address.to_string() == "192.0.2.0");
+    CHECK(client_of(v4) == "192.0.2.0");
+    CHECK(v4.response->query_address.to_string() == "192.0.2.0");
     auto v6 = client_query({0x20, 0x01, 0x0d, 0xb8, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0, 0, 0, 0, 0, 1});
     REQUIRE(privacy.apply(v6));
-    CHECK(v6.query_address.to_string() == "2001:db8:1234:5600::");
+    CHECK(client_of(v6) == "2001:db8:1234:5600::");
 }
 
 TEST_CASE("a keyed hash hides the address, keeps its family, and is stable per key") {
@@ -41,16 +49,17 @@ TEST_CASE("a keyed hash hides the address, keeps its family, and is stable per k
     REQUIRE(privacy.apply(a));
     REQUIRE(privacy.apply(b));
     REQUIRE(privacy.apply(c));
-    CHECK(a.query_address.length == 4);
-    CHECK(a.query_address.to_string() != "192.0.2.77");
-    CHECK(a.query_address == b.query_address);
-    CHECK_FALSE(a.query_address == c.query_address);
+    CHECK(a.query->query_address.length == 4);
+    CHECK(client_of(a) != "192.0.2.77");
+    CHECK(client_of(a) == client_of(b));
+    CHECK(client_of(a) == a.response->query_address.to_string());
+    CHECK(client_of(a) != client_of(c));
 
     PrivacyOptions other = o;
     other.hash_key = "another";
     auto d = client_query({192, 0, 2, 77});
     REQUIRE(Privacy(other).apply(d));
-    CHECK_FALSE(a.query_address == d.query_address);
+    CHECK(client_of(a) != client_of(d));
 }
 
 TEST_CASE("excluded kinds and names are not stored") {
@@ -60,6 +69,11 @@ TEST_CASE("excluded kinds and names are not stored") {
     Privacy privacy(o);
     auto client = client_query({192, 0, 2, 1});
     CHECK_FALSE(privacy.apply(client));
+    // The exchange's kind is its query's: an AUTH_QUERY answered with a CLIENT_RESPONSE (BIND
+    // with RD=1 and recursion off) is an auth exchange, kept whole.
+    auto auth = client_query({192, 0, 2, 1}, "www.example.com", MessageType::auth_query);
+    CHECK(privacy.apply(auth));
+    CHECK(auth.response.has_value());
 
     PrivacyOptions names_only;
     names_only.exclude_names = {"internal.example"};
