@@ -143,6 +143,7 @@ struct TailSink::Impl : std::enable_shared_from_this<TailSink::Impl> {
             session->subscribed = true;
             subscribers.fetch_add(1);
             log::info("tail attached (" + line + ")");
+            asio::co_spawn(io, watch_for_close(session), asio::detached);
             while (session->socket.is_open()) {
                 if (session->outbox.empty()) {
                     co_await session->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -162,6 +163,16 @@ struct TailSink::Impl : std::enable_shared_from_this<TailSink::Impl> {
         }
         session->socket.close(ec);
         sessions.remove(session);
+    }
+
+    // A tail client sends nothing after its request: any read completion means it left, so it
+    // stops costing formatting at once rather than at the next failed write.
+    static asio::awaitable<void> watch_for_close(std::shared_ptr<Session> session) {
+        char byte;
+        boost::system::error_code ec;
+        while (!ec) co_await session->socket.async_read_some(asio::buffer(&byte, 1), asio::redirect_error(asio::use_awaitable, ec));
+        session->socket.close(ec);
+        session->wake.cancel();
     }
 
     void deliver(const std::vector<Item>& items) {
