@@ -249,9 +249,16 @@ awaitable<void> session(std::shared_ptr<State> st, std::shared_ptr<Connection> c
     log::info("connection closed: " + c->peer + " (" + std::to_string(frames) + " frames, " + reason + ")");
 }
 
-std::string peer_name(const UnixListener& l, const UnixProtocol::socket&) { return "unix:" + l.path; }
+// Unix peers are anonymous; the sender's pid tells two connections (and two nameds) apart.
+std::string peer_name(const UnixListener& l, UnixProtocol::socket& s) {
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(s.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0)
+        return "unix:" + l.path + " (pid " + std::to_string(cred.pid) + ")";
+    return "unix:" + l.path;
+}
 
-std::string peer_name(const TcpListener&, const Tcp::socket& s) {
+std::string peer_name(const TcpListener&, Tcp::socket& s) {
     error_code ec;
     const auto ep = s.remote_endpoint(ec);
     return ec ? std::string("?") : endpoint_text(ep);
