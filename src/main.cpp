@@ -41,23 +41,15 @@ private:
 // Ingest hands every frame to the file sink (raw, as fstrm_capture) and to the worker pool.
 class Tee : public FrameConsumer {
 public:
-    Tee(FileSink* file, WorkerPool* pool, bool file_is_the_store, Metrics& m)
-        : file_(file), pool_(pool), file_is_the_store_(file_is_the_store), metrics_(m) {}
+    Tee(FileSink* file, WorkerPool* pool) : file_(file), pool_(pool) {}
     bool offer(std::span<const std::uint8_t> frame) override {
-        bool taken = false;
-        if (file_) {
-            taken = file_->offer(frame);
-            // Without a database the file is the store: a frame in it is a message stored.
-            if (file_is_the_store_ && taken) metrics_.messages_stored.fetch_add(1, std::memory_order_relaxed);
-        }
+        bool taken = file_ && file_->offer(frame);  // the file counts what it stores or misses
         if (pool_) taken = pool_->offer(frame) || taken;
         return taken;
     }
 private:
     FileSink* file_;
     WorkerPool* pool_;
-    bool file_is_the_store_;
-    Metrics& metrics_;
 };
 
 std::string conninfo_of(const Config& c) { return c.postgres ? c.postgres->conninfo : std::string(); }
@@ -79,6 +71,7 @@ int run_serve(Config& config) {
         postgres->start();
     }
     if (config.file) {
+        config.file->is_store = !postgres;
         file = std::make_unique<FileSink>(*config.file, metrics);
         file->start();
     }
@@ -97,7 +90,7 @@ int run_serve(Config& config) {
     if (!config.pipeline.decode) sinks.add(discard);
     if (!sinks.empty())
         pool = std::make_unique<WorkerPool>(config.pipeline, sinks, postgres ? metrics : tail_only_metrics);
-    Tee tee(file.get(), pool.get(), /*file_is_the_store=*/!postgres, metrics);
+    Tee tee(file.get(), pool.get());
 
     Ingest ingest(io, config.ingest, tee, metrics);
     ingest.start();
@@ -171,7 +164,10 @@ int run_import(Config& config) {
                 metrics.bytes_received.fetch_add(frame.size(), std::memory_order_relaxed);
                 pool.push_wait(frame);
             }, config.ingest.max_frame_size);
-            if (result.oversized) metrics.drop(DropReason::frame_too_large, result.oversized);
+            if (result.oversized) {
+                metrics.frames_received.fetch_add(result.oversized, std::memory_order_relaxed);
+                metrics.drop(DropReason::frame_too_large, result.oversized);
+            }
             if (!result.error.empty()) {
                 log::error(result.error);
                 status = 1;

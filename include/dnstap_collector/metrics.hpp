@@ -51,6 +51,7 @@ struct Metrics {
     Counter batches_written{0};
     Counter batch_latency_us_sum{0};
     Counter spool_bytes{0};
+    Counter file_frames_dropped{0};    // frames missing from the -w copy while PostgreSQL stores
     Counter database_up{0};
     Counter queue_depth{0};
 

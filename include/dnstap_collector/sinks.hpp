@@ -86,6 +86,7 @@ struct FileSinkOptions {
     std::string path;              // strftime patterns allowed when split_seconds > 0
     int split_seconds = 0;         // 0: one file
     bool localtime = false;        // strftime in local time instead of UTC
+    bool is_store = true;          // false beside PostgreSQL: a frame it misses is not a lost message
 };
 
 // Writes raw frames to a Frame Streams file (START with content type, frames, STOP), the

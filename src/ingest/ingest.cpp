@@ -157,9 +157,17 @@ awaitable<std::string> serve(State& st, Connection& c, std::uint64_t& frames) {
             if (r == FrameReader::Result::need_more) break;
             if (r == FrameReader::Result::error) {
                 st.metrics.connections_rejected.fetch_add(1, std::memory_order_relaxed);
-                log_limited(st.protocol_errors, log::Level::warning,
-                            c.peer + ": " + frame_ec.message() + ", closing the connection");
-                co_return frame_ec.message();
+                std::string why = frame_ec.message();
+                if (frame_ec == FrameError::content_type_mismatch) {
+                    // Name what the sender offered: the usual cause is a sender set up for
+                    // another Frame Streams consumer.
+                    why += " (offered:";
+                    for (const auto& type : ev.content_types) why += " \"" + type + "\"";
+                    if (ev.content_types.empty()) why += " nothing";
+                    why += ")";
+                }
+                log_limited(st.protocol_errors, log::Level::warning, c.peer + ": " + why + ", closing the connection");
+                co_return why;
             }
             switch (ev.kind) {
             case FrameEvent::Kind::ready: {
@@ -180,6 +188,10 @@ awaitable<std::string> serve(State& st, Connection& c, std::uint64_t& frames) {
                 st.consumer.offer(ev.data);  // counts its own drops
                 break;
             case FrameEvent::Kind::oversized:
+                // Received, then dropped: frames_received == stored + dropped stays exact.
+                ++frames;
+                st.metrics.frames_received.fetch_add(1, std::memory_order_relaxed);
+                st.metrics.bytes_received.fetch_add(ev.length, std::memory_order_relaxed);
                 st.metrics.drop(DropReason::frame_too_large);
                 log_limited(st.oversized, log::Level::warning,
                             c.peer + ": skipped a data frame of " + std::to_string(ev.length) + " bytes (limit " +
@@ -206,6 +218,8 @@ awaitable<std::string> serve(State& st, Connection& c, std::uint64_t& frames) {
         }
         if (ec == asio::error::eof) {
             if (reader.pending_bytes() > 0) {
+                st.metrics.frames_received.fetch_add(1, std::memory_order_relaxed);
+                st.metrics.bytes_received.fetch_add(reader.pending_bytes(), std::memory_order_relaxed);
                 st.metrics.drop(DropReason::partial_frame);
                 log_limited(st.protocol_errors, log::Level::warning,
                             c.peer + ": connection closed inside a frame (" + std::to_string(reader.pending_bytes()) +

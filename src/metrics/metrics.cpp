@@ -38,6 +38,7 @@ std::string Metrics::summary() const {
         << " pairs_matched=" << get(pairs_matched) << " queries_timed_out=" << get(queries_timed_out)
         << " responses_orphaned=" << get(responses_orphaned) << " duplicates=" << get(duplicates)
         << " dns_parse_errors=" << get(dns_parse_errors) << " dropped_total=" << dropped_total();
+    if (auto n = get(file_frames_dropped)) out << " file_frames_dropped=" << n;
     for (std::size_t i = 0; i < dropped.size(); ++i) {
         if (auto n = get(dropped[i]))
             out << " dropped_" << to_string(static_cast<DropReason>(i)) << '=' << n;
@@ -76,6 +77,8 @@ std::string Metrics::prometheus() const {
         << "# TYPE dnstap_collector_batch_latency_seconds summary\n"
         << "dnstap_collector_batch_latency_seconds_sum " << static_cast<double>(get(batch_latency_us_sum)) / 1e6 << '\n'
         << "dnstap_collector_batch_latency_seconds_count " << get(batches_written) << '\n';
+    metric("file_frames_dropped_total", "counter", "Frames missing from the file copy written beside PostgreSQL.",
+           get(file_frames_dropped));
     metric("spool_bytes", "gauge", "Bytes waiting in the on-disk spool.", get(spool_bytes));
     metric("database_up", "gauge", "1 when PostgreSQL is reachable.", get(database_up));
     metric("queue_depth", "gauge", "Frames waiting for a worker.", get(queue_depth));

@@ -33,6 +33,13 @@
 namespace dnstap_collector {
 namespace {
 
+// A frame the file could not take: a dropped message when the file is the store, else only a
+// gap in the copy (the database still has it), counted apart.
+void lost(Metrics& metrics, bool file_is_the_store) {
+    if (file_is_the_store) metrics.drop(DropReason::sink_full);
+    else metrics.file_frames_dropped.fetch_add(1, std::memory_order_relaxed);
+}
+
 constexpr std::size_t queue_frames = 65'536;
 constexpr std::size_t stdio_buffer = 256 * 1024;
 constexpr auto flush_interval = std::chrono::seconds(1);
@@ -156,7 +163,7 @@ struct FileSink::Impl {
 
     void write_frame(const std::vector<std::uint8_t>& frame) {
         if (!file) {
-            metrics.drop(DropReason::sink_full);
+            lost(metrics, options.is_store);
             return;
         }
         const std::uint8_t prefix[4] = {
@@ -165,9 +172,10 @@ struct FileSink::Impl {
         if (!write_all(file.get(), prefix, sizeof prefix) || !write_all(file.get(), frame.data(), frame.size())) {
             report_error("write to " + name + " failed: " + errno_text(errno));
             std::clearerr(file.get());
-            metrics.drop(DropReason::sink_full);
+            lost(metrics, options.is_store);
             return;
         }
+        if (options.is_store) metrics.messages_stored.fetch_add(1, std::memory_order_relaxed);
         ++frames_in_file;
         bytes_in_file += frame.size();
         dirty = true;
@@ -225,7 +233,7 @@ void FileSink::start() {
 bool FileSink::offer(std::span<const std::uint8_t> frame) {
     if (!impl_->running.load(std::memory_order_relaxed) || frame.empty() ||
         !impl_->queue.try_push(std::vector<std::uint8_t>(frame.begin(), frame.end()))) {
-        impl_->metrics.drop(DropReason::sink_full);
+        lost(impl_->metrics, impl_->options.is_store);
         return false;
     }
     return true;
