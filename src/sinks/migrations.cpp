@@ -31,7 +31,11 @@ public:
     ~SessionLock() {
         if (!c_.ok()) return;
         c_.rollback();
-        PQclear(PQexec(c_.get(), unlock_sql));
+        try {
+            c_.exec(unlock_sql);
+        } catch (const pg::Error&) {
+            // The session ends soon (the caller gives the connection up), and the lock with it.
+        }
     }
     SessionLock(const SessionLock&) = delete;
     SessionLock& operator=(const SessionLock&) = delete;

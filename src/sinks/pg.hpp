@@ -4,6 +4,7 @@
 
 #include <libpq-fe.h>
 
+#include <chrono>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -13,10 +14,30 @@
 namespace dnstap_collector::pg {
 
 struct Error : std::runtime_error {
-    Error(const std::string& message, std::string state, bool lost)
-        : std::runtime_error(message), sqlstate(std::move(state)), connection_lost(lost) {}
+    Error(const std::string& message, std::string state, bool lost, bool interrupted_ = false)
+        : std::runtime_error(message), sqlstate(std::move(state)), connection_lost(lost),
+          interrupted(interrupted_) {}
     std::string sqlstate;   // e.g. "23514"; empty when the error did not come from the server
     bool connection_lost;   // the connection is unusable: reconnect, do not retry the rows alone
+    // We cancelled the statement (wake fd, or it stalled past the limit): nothing is wrong
+    // with the rows, so do not retry them in parts; the connection is abandoned (lost too).
+    bool interrupted;
+};
+
+// What may cut a wait on the server short. Every statement is sent asynchronously and the
+// connection waits in poll() on its socket and on `wake_fd`:
+//  - wake_fd readable (an eventfd the owner writes, e.g. at the shutdown deadline): the
+//    running statement is cancelled (PQcancel), and its result awaited at most `grace`;
+//  - no answer after `stall` (0: no limit): logged ("database write stalled N s"), then
+//    cancelled the same way.
+// Either way the call throws Error with interrupted and connection_lost set, unless the
+// server answered first. A result that never comes within the grace leaves the outcome
+// unknown; the connection is given up all the same.
+struct WaitBounds {
+    int wake_fd = -1;
+    std::chrono::milliseconds stall{0};
+    std::chrono::milliseconds grace{2000};
+    const char* wake_reason = "interrupted";  // for the error message
 };
 
 class Result {
@@ -33,6 +54,7 @@ public:
     Result& operator=(const Result&) = delete;
 
     PGresult* get() const noexcept { return r_; }
+    PGresult* release() noexcept { PGresult* r = r_; r_ = nullptr; return r; }
     int rows() const noexcept { return r_ ? PQntuples(r_) : 0; }
     bool is_null(int row, int col) const noexcept { return PQgetisnull(r_, row, col) != 0; }
     std::string_view value(int row, int col) const noexcept {
@@ -54,11 +76,18 @@ class Connection {
 public:
     // Connects (connect_timeout 10 s unless the conninfo says otherwise). Throws Error naming
     // the host and libpq's reason, never the password.
-    static Connection open(const std::string& conninfo);
+    // With bounds, the connection attempt itself is interruptible through wake_fd too.
+    static Connection open(const std::string& conninfo, const WaitBounds& bounds = {});
 
-    Connection(Connection&& o) noexcept : c_(o.c_) { o.c_ = nullptr; }
+    Connection(Connection&& o) noexcept : c_(o.c_), bounds_(o.bounds_), cancelled_(o.cancelled_) { o.c_ = nullptr; }
     Connection& operator=(Connection&& o) noexcept {
-        if (this != &o) { if (c_) PQfinish(c_); c_ = o.c_; o.c_ = nullptr; }
+        if (this != &o) {
+            if (c_) PQfinish(c_);
+            c_ = o.c_;
+            bounds_ = o.bounds_;
+            cancelled_ = o.cancelled_;
+            o.c_ = nullptr;
+        }
         return *this;
     }
     Connection(const Connection&) = delete;
@@ -68,6 +97,8 @@ public:
     PGconn* get() const noexcept { return c_; }
     bool ok() const noexcept { return c_ && PQstatus(c_) == CONNECTION_OK; }
     std::string describe() const;  // "host:port/dbname"
+    void set_bounds(const WaitBounds& b) noexcept { bounds_ = b; }
+    const WaitBounds& bounds() const noexcept { return bounds_; }
 
     Result exec(const char* sql);
     // Text parameters; std::nullopt is SQL NULL. Values never become part of the SQL text.
@@ -79,7 +110,22 @@ public:
 
 private:
     explicit Connection(PGconn* c) noexcept : c_(c) {}
+    // Sends what libpq buffered and waits until a result can be read without blocking;
+    // throws as WaitBounds describes.
+    void await(std::string_view what);
+    // Every result of the statement sent last: the first error if any, else the last (as
+    // PQexec does); stops at a COPY state.
+    PGresult* collect(std::string_view what);
+    [[noreturn]] void fail_send(std::string_view what);
+    void begin(std::string_view what);               // before each statement
+    Result finish(PGresult* r, std::string_view what);  // check(), told about a cancel
+    void cancel(const char* why, std::string_view what);
     PGconn* c_ = nullptr;
+    WaitBounds bounds_;
+    // The statement under way: when it was sent, whether we cancelled it and why.
+    std::chrono::steady_clock::time_point sent_at_{};
+    std::chrono::steady_clock::time_point give_up_at_{};
+    const char* cancelled_ = nullptr;
 };
 
 // "host:port/dbname" of a conninfo without connecting (for messages about a failed attempt).

@@ -1,6 +1,9 @@
 // PostgresSink: a bounded queue in front of one writer thread that batches exchanges, encodes
 // them as binary COPY, and commits each batch (exchange rows + pdns upsert) in one transaction.
 // When the database is away, batches go to the spool and are replayed when it is back.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -30,6 +33,13 @@ constexpr auto backoff_min = 100ms;
 constexpr auto backoff_max = 10'000ms;
 constexpr auto maintenance_every = std::chrono::hours(1);
 constexpr auto replay_slice = 1s;           // spool replay per loop, so live rows keep flowing
+// A statement of the write path that gets no answer for this long (a lock held by someone
+// else, a wedged server) is logged and cancelled; the batch then takes the path of a lost
+// connection (spool, or wait and retry). Not applied to migrations, which may be long.
+constexpr auto write_stall_limit = 60s;
+// After a cancel (stall or shutdown deadline), how long to wait for the server's answer
+// before giving the connection up with the outcome unknown.
+constexpr auto cancel_grace = 2s;
 
 constexpr const char* create_stage_sql =
     "CREATE TEMP TABLE IF NOT EXISTS pdns_stage (rrname text, rrtype text, rdata text, rdata_ip inet,"
@@ -62,16 +72,26 @@ struct PostgresSink::Impl {
         : opt(std::move(o)), metrics(m),
           parts(opt.partition_width, opt.partitions_ahead, opt.retention_days),
           copy_sql(copy::exchange_copy_statement()),
-          stage_copy_sql("COPY pdns_stage (" + std::string(copy::pdns_stage_columns) + ") FROM STDIN (FORMAT binary)") {
+          stage_copy_sql("COPY pdns_stage (" + std::string(copy::pdns_stage_columns) + ") FROM STDIN (FORMAT binary)"),
+          wake_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
         opt.batch_rows = std::max<std::size_t>(opt.batch_rows, 1);
         opt.queue_rows = std::max(opt.queue_rows, opt.batch_rows);
+        if (wake_fd < 0) log::warning("eventfd failed: the shutdown bound cannot interrupt database writes");
     }
+    ~Impl() {
+        if (wake_fd >= 0) ::close(wake_fd);
+    }
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
 
     PostgresOptions opt;
     Metrics& metrics;
     PartitionManager parts;
     const std::string copy_sql;
     const std::string stage_copy_sql;
+    // Written once at the shutdown deadline: every wait on the server is cancelled from then
+    // on, and no new statement starts (pg::WaitBounds).
+    const int wake_fd;
 
     // Queue shared with consume(); everything below `writer` belongs to the writer thread
     // (and to start() before the thread exists).
@@ -80,6 +100,8 @@ struct PostgresSink::Impl {
     std::deque<Exchange> queue;
     Clock::time_point first_row_at{};
     bool closing = false;
+    bool writer_done = false;
+    std::condition_variable writer_finished;
     Clock::time_point deadline{};
     std::atomic<bool> up{false};
 
@@ -96,10 +118,27 @@ struct PostgresSink::Impl {
 
     // --- connection ---
 
+    pg::WaitBounds bounds(bool stall_limit) const {
+        pg::WaitBounds b;
+        b.wake_fd = wake_fd;
+        b.wake_reason = "cancelled at the shutdown deadline";
+        b.grace = cancel_grace;
+        if (stall_limit) b.stall = write_stall_limit;
+        return b;
+    }
+
+    void wake() {
+        std::uint64_t one = 1;
+        if (wake_fd >= 0 && ::write(wake_fd, &one, sizeof one) < 0) {
+            // EAGAIN only when the counter is full: it is readable already.
+        }
+    }
+
     void connect_now() {
-        pg::Connection c = pg::Connection::open(opt.conninfo);
+        pg::Connection c = pg::Connection::open(opt.conninfo, bounds(false));
         // Every (re)connect: a no-op when up to date, and it covers a database rebuilt meanwhile.
         migrate(c);
+        c.set_bounds(bounds(true));
         if (opt.pdns) c.exec(create_stage_sql);
         parts.forget();
         parts.maintain(c, unix_now());
@@ -127,7 +166,18 @@ struct PostgresSink::Impl {
         backoff = std::min<Clock::duration>(backoff * 2, backoff_max);
     }
 
-    void lost(const pg::Error& e) { mark_down(pg::describe_conninfo(opt.conninfo) + ": " + e.what()); }
+    void lost(const pg::Error& e) {
+        if (e.interrupted && past_deadline()) {
+            // Not the database's fault: we cancelled at the shutdown deadline.
+            conn.reset();
+            up = false;
+            metrics.database_up.store(0, std::memory_order_relaxed);
+            log::warning(std::string("shutdown deadline: database write cancelled (") + e.what() + "); " +
+                         (spool ? "what is left goes to the spool" : "what is left is counted as dropped (shutdown)"));
+            return;
+        }
+        mark_down(pg::describe_conninfo(opt.conninfo) + ": " + e.what());
+    }
 
     // True when connected; otherwise tries when the backoff allows.
     bool connect() {
@@ -384,6 +434,11 @@ struct PostgresSink::Impl {
         conn.reset();
         up = false;
         metrics.database_up.store(0, std::memory_order_relaxed);
+        {
+            std::lock_guard lock(mu);
+            writer_done = true;
+        }
+        writer_finished.notify_all();
     }
 
     void consume(std::vector<Exchange>&& batch) {
@@ -444,7 +499,18 @@ void PostgresSink::stop() {
     }
     s.has_rows.notify_all();
     s.has_room.notify_all();
-    if (s.writer.joinable()) s.writer.join();
+    if (s.writer.joinable()) {
+        // Bounded: at the deadline every wait on the server is cancelled (a write blocked by
+        // a lock, a wedged server), and the writer moves what it holds to the spool or counts
+        // it (shutdown). The join after that waits at most about cancel_grace.
+        {
+            std::unique_lock lock(s.mu);
+            s.writer_finished.wait_until(lock, s.deadline, [&] { return s.writer_done; });
+        }
+        s.wake();
+        s.has_rows.notify_all();
+        s.writer.join();
+    }
     // Never started: nothing will write what was queued.
     std::lock_guard lock(s.mu);
     std::uint64_t left = 0;
