@@ -16,12 +16,16 @@ public:
     explicit BoundedQueue(std::size_t capacity) : capacity_(capacity) { items_.reserve(1024); }
 
     bool try_push(T&& item) {
+        bool was_empty;
         {
             std::lock_guard lock(mutex_);
             if (items_.size() >= capacity_ || closed_) return false;
+            was_empty = items_.empty();
             items_.push_back(std::move(item));
         }
-        ready_.notify_one();
+        // The consumer only sleeps on an empty queue, so only the first item needs to wake it:
+        // one futex call per burst instead of one per frame.
+        if (was_empty) ready_.notify_one();
         return true;
     }
 
