@@ -44,7 +44,7 @@ private:
 
 struct PipelineOptions {
     unsigned workers = 0;                 // 0: number of cores
-    std::size_t queue_frames = 262'144;   // per pool, split across workers
+    std::size_t queue_frames = 131'072;   // per pool, split across workers (~350 bytes each)
     PairOptions pairing;
     PrivacyOptions privacy;
     bool decode = true;                   // false: frames are counted as stored and discarded

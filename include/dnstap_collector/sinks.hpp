@@ -45,7 +45,7 @@ struct PostgresOptions {
     std::string conninfo;                                 // libpq conninfo or URI; PG* env also works
     std::size_t batch_rows = 20'000;                      // flush at this many rows...
     std::chrono::milliseconds flush_interval{250};        // ...or this long after the first row
-    std::size_t queue_rows = 200'000;                     // rows waiting for the writer
+    std::size_t queue_rows = 50'000;                      // rows waiting for the writer (~1.5 KB each)
     PartitionWidth partition_width = PartitionWidth::day;
     int partitions_ahead = 3;
     int retention_days = 30;                              // 0: keep forever
