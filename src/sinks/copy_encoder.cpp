@@ -339,6 +339,48 @@ void append_exchange(const Exchange& e, EncodedBatch& out) {
     out.times_us.push_back(s.time_us);
 }
 
+namespace {
+
+// Field n (1-based) of presentation rdata: separated by spaces; a quoted string (which may
+// hold spaces) and a backslash escape stay inside their field.
+std::string_view nth_field(std::string_view s, std::size_t n) {
+    std::size_t i = 0, k = 0;
+    while (i < s.size()) {
+        while (i < s.size() && s[i] == ' ') ++i;
+        if (i >= s.size()) break;
+        std::size_t start = i;
+        bool quoted = false;
+        while (i < s.size() && (quoted || s[i] != ' ')) {
+            if (s[i] == '\\' && i + 1 < s.size()) {
+                i += 2;
+                continue;
+            }
+            if (s[i] == '"') quoted = !quoted;
+            ++i;
+        }
+        if (++k == n) return s.substr(start, i - start);
+    }
+    return {};
+}
+
+}  // namespace
+
+std::string rdata_target_name(std::uint16_t type, std::string_view rdata) {
+    std::size_t field = 0;
+    switch (type) {
+    case 2: case 5: case 12: case 39: field = 1; break;     // NS CNAME PTR DNAME
+    case 15: case 18: case 21: case 36: field = 2; break;   // MX AFSDB RT KX
+    case 64: case 65: field = 2; break;                     // SVCB HTTPS
+    case 33: field = 4; break;                              // SRV
+    case 35: field = 6; break;                              // NAPTR
+    default: return {};
+    }
+    if (rdata.starts_with("\\#")) return {};
+    std::string_view target = field == 1 ? rdata : nth_field(rdata, field);
+    if (target.empty() || target == "." || target.front() == '"') return {};
+    return stored_name(target);
+}
+
 void PdnsAggregate::add(const Exchange& e) {
     if (!e.response || !e.response->response) return;
     const DnsMessage& r = *e.response->response;
@@ -362,6 +404,7 @@ void PdnsAggregate::add(const Exchange& e) {
         PdnsValue& v = it->second;
         if (fresh) {
             v.first_us = v.last_us = t;
+            v.rdata_name = rdata_target_name(rr.type, it->first.rdata);
         } else {
             v.first_us = std::min(v.first_us, t);
             v.last_us = std::max(v.last_us, t);
@@ -376,7 +419,7 @@ std::string PdnsAggregate::encode() const {
     std::string out;
     RowWriter w(out);
     for (const auto& [k, v] : entries_) {
-        w.begin_row(9);
+        w.begin_row(10);
         w.text(k.rrname);
         w.text(k.rrtype);
         w.text(k.rdata);
@@ -386,6 +429,7 @@ std::string PdnsAggregate::encode() const {
         w.int8(static_cast<std::int64_t>(v.count));
         if (v.bailiwick.empty()) w.null(); else w.text(v.bailiwick);
         if (v.sensor_id.empty()) w.null(); else w.text(v.sensor_id);
+        if (v.rdata_name.empty()) w.null(); else w.text(v.rdata_name);
     }
     return out;
 }
@@ -431,6 +475,7 @@ EncodedBatch EncodedBatch::subset(const std::vector<bool>& done, bool keep_pdns)
     if (keep_pdns) {
         out.pdns_rows = pdns_rows;
         out.pdns_count = pdns_count;
+        out.pdns_format = pdns_format;
     }
     return out;
 }

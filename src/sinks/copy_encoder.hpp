@@ -73,7 +73,15 @@ struct PdnsValue {
     std::int64_t first_us = 0, last_us = 0;  // unix microseconds
     std::uint64_t count = 0;
     std::string bailiwick, sensor_id;        // empty: NULL
+    std::string rdata_name;                  // see rdata_target_name; empty: NULL
 };
+
+// The name a record's data points at, stored like owner names (lowercase, no trailing dot):
+// the whole rdata of CNAME, NS, PTR, DNAME; the exchange of MX, KX, RT; the host of AFSDB;
+// the target of SRV; the replacement of NAPTR; the TargetName of SVCB/HTTPS. Empty for
+// other types, for the root ("." : no target, e.g. a null MX) and for rdata in the generic
+// "\# len hex" form.
+std::string rdata_target_name(std::uint16_t type, std::string_view rdata_presentation);
 class PdnsAggregate {
 public:
     // Answer-section records of the exchange's response, if any.
@@ -87,6 +95,9 @@ private:
     std::map<PdnsKey, PdnsValue> entries_;
 };
 inline constexpr std::string_view pdns_stage_columns =
+    "rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id, rdata_name";
+// Batches spooled by collectors before rdata_name (spool format 1) lack the last column.
+inline constexpr std::string_view pdns_stage_columns_v1 =
     "rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id";
 
 // One batch, encoded: what the writer sends, what the spool stores, and enough to split it
@@ -98,6 +109,7 @@ struct EncodedBatch {
     std::vector<std::int64_t> times_us;      // each row's time, for partitions
     std::string pdns_rows;                   // pdns staging COPY rows, no header/trailer
     std::uint32_t pdns_count = 0;
+    std::uint8_t pdns_format = 2;            // 1: pdns_stage_columns_v1 (old spool files)
 
     std::size_t size() const noexcept { return row_end.size(); }
     std::uint64_t message_total() const noexcept;

@@ -71,6 +71,7 @@ int migrate(pg::Connection& conn) {
     for (const auto& m : embedded_migrations())
         if (m.version > current) todo.push_back(m);
     std::sort(todo.begin(), todo.end(), [](const auto& a, const auto& b) { return a.version < b.version; });
+    std::vector<std::string> applied;
     for (const auto& m : todo) {
         std::string name(m.name);
         try {
@@ -84,7 +85,13 @@ int migrate(pg::Connection& conn) {
             conn.rollback();
             throw pg::Error("migration " + name + " failed: " + e.what(), e.sqlstate, e.connection_lost);
         }
-        log::info("database schema: applied " + name);
+        applied.push_back(name);
+    }
+    // One line per run, whatever the number of files.
+    if (!applied.empty()) {
+        std::string list;
+        for (const auto& n : applied) list += (list.empty() ? "" : ", ") + n;
+        log::info("database schema: applied " + list + " (now version " + std::to_string(todo.back().version) + ")");
     }
     conn.exec("RESET client_min_messages");
     return static_cast<int>(todo.size());

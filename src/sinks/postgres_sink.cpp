@@ -43,14 +43,15 @@ constexpr auto cancel_grace = 2s;
 
 constexpr const char* create_stage_sql =
     "CREATE TEMP TABLE IF NOT EXISTS pdns_stage (rrname text, rrtype text, rdata text, rdata_ip inet,"
-    " time_first timestamptz, time_last timestamptz, count bigint, bailiwick text, sensor_id text)"
+    " time_first timestamptz, time_last timestamptz, count bigint, bailiwick text, sensor_id text,"
+    " rdata_name text)"
     " ON COMMIT DELETE ROWS";
 
 // Sorted by key so concurrent collectors lock pdns rows in the same order (no deadlocks).
 constexpr const char* upsert_pdns_sql =
     "INSERT INTO dnstap.pdns AS p (rrname, rrtype, rdata, rdata_ip, time_first, time_last, count,"
-    " bailiwick, sensor_id)"
-    " SELECT rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id"
+    " bailiwick, sensor_id, rdata_name)"
+    " SELECT rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id, rdata_name"
     " FROM pdns_stage ORDER BY rrname COLLATE \"C\", rrtype COLLATE \"C\", rdata COLLATE \"C\""
     " ON CONFLICT (rrname, rrtype, rdata) DO UPDATE SET"
     " time_first = least(p.time_first, excluded.time_first),"
@@ -58,7 +59,9 @@ constexpr const char* upsert_pdns_sql =
     " count = p.count + excluded.count,"
     " rdata_ip = coalesce(excluded.rdata_ip, p.rdata_ip),"
     " bailiwick = coalesce(excluded.bailiwick, p.bailiwick),"
-    " sensor_id = coalesce(excluded.sensor_id, p.sensor_id)";
+    " sensor_id = coalesce(excluded.sensor_id, p.sensor_id),"
+    // Unchanged for rows that have it (an indexed column: a changed value would stop HOT).
+    " rdata_name = coalesce(p.rdata_name, excluded.rdata_name)";
 
 std::int64_t unix_now() {
     return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -73,6 +76,7 @@ struct PostgresSink::Impl {
           parts(opt.partition_width, opt.partitions_ahead, opt.retention_days),
           copy_sql(copy::exchange_copy_statement()),
           stage_copy_sql("COPY pdns_stage (" + std::string(copy::pdns_stage_columns) + ") FROM STDIN (FORMAT binary)"),
+          stage_copy_sql_v1("COPY pdns_stage (" + std::string(copy::pdns_stage_columns_v1) + ") FROM STDIN (FORMAT binary)"),
           wake_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
         opt.batch_rows = std::max<std::size_t>(opt.batch_rows, 1);
         opt.queue_rows = std::max(opt.queue_rows, opt.batch_rows);
@@ -89,6 +93,7 @@ struct PostgresSink::Impl {
     PartitionManager parts;
     const std::string copy_sql;
     const std::string stage_copy_sql;
+    const std::string stage_copy_sql_v1;  // batches from old spool files
     // Written once at the shutdown deadline: every wait on the server is cancelled from then
     // on, and no new statement starts (pg::WaitBounds).
     const int wake_fd;
@@ -204,7 +209,7 @@ struct PostgresSink::Impl {
     }
 
     void upsert_pdns(const copy::EncodedBatch& b) {
-        conn->copy_in(stage_copy_sql, b.pdns_payload());
+        conn->copy_in(b.pdns_format == 1 ? stage_copy_sql_v1 : stage_copy_sql, b.pdns_payload());
         conn->exec(upsert_pdns_sql);
     }
 

@@ -19,7 +19,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Format 2: magic2, the batch's message total (so a start can count the spool by reading
+// each file's first bytes), then format 1's body with 10-column pdns rows (rdata_name).
+// Format 1 files (older collectors) are still read: pdns rows of 9 columns.
 constexpr std::string_view magic = "DNSTAPSPOOL1\n";
+constexpr std::string_view magic2 = "DNSTAPSPOOL2\n";
 constexpr std::string_view prefix = "batch-";
 constexpr std::string_view suffix = ".spool";
 
@@ -78,7 +82,9 @@ void fsync_dir(const fs::path& dir) {
 }  // namespace
 
 std::string Spool::serialize(const copy::EncodedBatch& b) {
-    std::string out(magic);
+    std::string_view m = b.pdns_format == 1 ? magic : magic2;
+    std::string out(m);
+    if (m == magic2) put64(out, b.message_total());
     put64(out, b.size());
     for (std::size_t i = 0; i < b.size(); ++i) {
         put64(out, b.row_end[i]);
@@ -90,14 +96,17 @@ std::string Spool::serialize(const copy::EncodedBatch& b) {
     put64(out, b.pdns_count);
     put64(out, b.pdns_rows.size());
     out += b.pdns_rows;
-    out += magic;  // a torn write shows as a missing trailer
+    out += m;  // a torn write shows as a missing trailer
     return out;
 }
 
 std::optional<copy::EncodedBatch> Spool::parse(std::string_view data) {
-    if (!data.starts_with(magic)) return std::nullopt;
-    Reader r{data, magic.size()};
+    std::string_view m = data.starts_with(magic2) ? magic2 : magic;
+    if (!data.starts_with(m)) return std::nullopt;
+    Reader r{data, m.size()};
     copy::EncodedBatch b;
+    b.pdns_format = m == magic2 ? 2 : 1;
+    std::uint64_t total = m == magic2 ? r.u64() : 0;
     std::uint64_t n = r.u64();
     if (!r.ok || n > data.size() / 24) return std::nullopt;
     for (std::uint64_t i = 0; i < n && r.ok; ++i) {
@@ -108,7 +117,8 @@ std::optional<copy::EncodedBatch> Spool::parse(std::string_view data) {
     b.rows = r.bytes(r.u64());
     b.pdns_count = static_cast<std::uint32_t>(r.u64());
     b.pdns_rows = r.bytes(r.u64());
-    if (!r.ok || data.substr(r.pos) != magic) return std::nullopt;
+    if (!r.ok || data.substr(r.pos) != m) return std::nullopt;
+    if (m == magic2 && total != b.message_total()) return std::nullopt;
     std::uint32_t prev = 0;
     for (std::uint32_t end : b.row_end) {
         if (end < prev || end > b.rows.size()) return std::nullopt;

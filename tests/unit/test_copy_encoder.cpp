@@ -363,6 +363,63 @@ TEST_CASE("pdns aggregation", "[copy][pdns]") {
     CHECK(be64(*rows[1][6]) == 3);
 }
 
+TEST_CASE("rdata target names", "[copy][pdns]") {
+    CHECK(rdata_target_name(15, "10 Mail.Example.COM.") == "mail.example.com");      // MX
+    CHECK(rdata_target_name(15, "0 .").empty());                                      // null MX
+    CHECK(rdata_target_name(33, "0 5 5060 SIP.example.com.") == "sip.example.com");   // SRV
+    CHECK(rdata_target_name(33, "0 0 0 .").empty());
+    CHECK(rdata_target_name(5, "host4.example.com") == "host4.example.com");          // CNAME
+    CHECK(rdata_target_name(2, "NS1.example.com.") == "ns1.example.com");             // NS
+    CHECK(rdata_target_name(12, "a\\032b.example.") == "a\\032b.example");            // PTR, escapes kept
+    CHECK(rdata_target_name(39, "example.net.") == "example.net");                    // DNAME
+    // NAPTR: quoted fields may hold spaces.
+    CHECK(rdata_target_name(35, "100 10 \"S\" \"SIP+D2U\" \"!^.* x$!sip:a@b!\" _sip._udp.Example.com.") ==
+          "_sip._udp.example.com");
+    CHECK(rdata_target_name(35, "100 10 \"U\" \"E2U+sip\" \"!^.*$!sip:a@b!\" .").empty());
+    CHECK(rdata_target_name(64, "1 svc.example.net. alpn=h2") == "svc.example.net");  // SVCB
+    CHECK(rdata_target_name(65, "1 . alpn=h2,h3").empty());                          // HTTPS, owner
+    CHECK(rdata_target_name(36, "10 kx.example.") == "kx.example");                   // KX
+    CHECK(rdata_target_name(18, "1 afsdb.example.") == "afsdb.example");              // AFSDB
+    CHECK(rdata_target_name(21, "10 relay.example.") == "relay.example");             // RT
+    CHECK(rdata_target_name(1, "192.0.2.1").empty());                                 // A
+    CHECK(rdata_target_name(16, "\"mail.example.com\"").empty());                     // TXT
+    CHECK(rdata_target_name(15, "\\# 4 000a0000").empty());                            // generic form
+    CHECK(rdata_target_name(15, "10").empty());                                       // truncated
+
+    PdnsAggregate agg;
+    Exchange e;
+    e.response = response_message();
+    e.response->response->answers.clear();
+    e.response->response->answers.push_back(ResourceRecord{"example.com", 15, 1, 60, "10 Mail.example.com."});
+    agg.add(e);
+    auto rows = parse_rows(agg.encode());
+    REQUIRE(rows.size() == 1);
+    REQUIRE(rows[0].size() == 10);
+    CHECK(*rows[0][2] == "10 Mail.example.com.");  // rdata as presented
+    CHECK(*rows[0][9] == "mail.example.com");      // rdata_name
+}
+
+TEST_CASE("spool format 1 files still parse", "[copy][spool]") {
+    std::vector<Exchange> ex(2);
+    for (auto& e : ex) e.query = query_message();
+    ex[1].response = response_message();
+    EncodedBatch b = encode_batch(ex, true);
+    b.pdns_format = 1;  // what an older collector wrote (9-column pdns rows)
+    std::string file = Spool::serialize(b);
+    CHECK(file.starts_with("DNSTAPSPOOL1\n"));
+    auto back = Spool::parse(file);
+    REQUIRE(back);
+    CHECK(back->pdns_format == 1);
+    CHECK(back->message_total() == 3);
+    b.pdns_format = 2;
+    file = Spool::serialize(b);
+    CHECK(file.starts_with("DNSTAPSPOOL2\n"));
+    back = Spool::parse(file);
+    REQUIRE(back);
+    CHECK(back->pdns_format == 2);
+    CHECK(back->message_total() == 3);
+}
+
 TEST_CASE("batches split by rows and survive the spool format", "[copy][spool]") {
     std::vector<Exchange> ex(3);
     for (auto& e : ex) e.query = query_message();
