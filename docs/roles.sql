@@ -13,21 +13,21 @@
 --
 -- Then: dnstap-collector serve ... --postgres "dbname=dnstap user=dnstap_writer"
 --
--- Why the writer needs what it needs (dnstap-collector as of schema version 1):
+-- Why the writer needs what it needs (dnstap-collector as of schema version 2):
 --  * CONNECT, TEMPORARY on the database: the session, and the temporary staging table
 --    pdns_stage that every batch's passive-DNS upsert goes through.
---  * CREATE on the database: at every (re)connect the collector runs its migration check,
---    which starts with CREATE SCHEMA IF NOT EXISTS dnstap; PostgreSQL checks the database
---    CREATE privilege before it looks whether the schema exists.
---  * USAGE, CREATE on schema dnstap: the same check runs CREATE TABLE IF NOT EXISTS
---    dnstap.schema_version (needs CREATE on the schema even when the table exists), and the
---    collector creates partitions dnstap.exchange_pYYYYMMDD[HH] ahead and on demand.
+--  * No CREATE on the database: at every (re)connect the collector reads
+--    dnstap.schema_version first and runs no migration DDL when the schema is current.
+--    (Older collectors ran CREATE SCHEMA IF NOT EXISTS at every connect and needed it; this
+--    file takes it back.)
+--  * USAGE, CREATE on schema dnstap: the collector creates partitions
+--    dnstap.exchange_pYYYYMMDD[HH] ahead and on demand.
 --  * OWNERSHIP of dnstap.exchange and its partitions: PostgreSQL lets only the owner of a
 --    partitioned table create partitions of it (CREATE TABLE ... PARTITION OF), and only the
 --    owner detach and drop them (retention, --retention-days). There is no grantable
 --    privilege for either. The writer can therefore also DROP dnstap.exchange: keep its
 --    credentials as safe as a table owner's.
---  * SELECT on dnstap.schema_version: the migration check reads max(version).
+--  * SELECT on dnstap.schema_version: the check at connect reads max(version).
 --  * SELECT, INSERT, UPDATE on dnstap.pdns: INSERT ... ON CONFLICT DO UPDATE reads and
 --    updates existing rows (time_first, time_last, count, ...).
 -- Not needed: DELETE/TRUNCATE anywhere, anything on dnstap.pdns beyond the above, EXECUTE on
@@ -59,7 +59,8 @@ $$;
 -- Writer
 DO $$
 BEGIN
-    EXECUTE format('GRANT CONNECT, TEMPORARY, CREATE ON DATABASE %I TO dnstap_writer', current_database());
+    EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO dnstap_writer', current_database());
+    EXECUTE format('REVOKE CREATE ON DATABASE %I FROM dnstap_writer', current_database());
 END
 $$;
 GRANT USAGE, CREATE ON SCHEMA dnstap TO dnstap_writer;

@@ -51,6 +51,30 @@ int latest_schema_version() noexcept {
     return latest;
 }
 
+namespace {
+
+[[noreturn]] void newer_than_known(int current, int latest) {
+    throw std::runtime_error("database schema version " + std::to_string(current) +
+                             " is newer than this binary knows (" + std::to_string(latest) +
+                             "); upgrade dnstap-collector");
+}
+
+}  // namespace
+
+int migrate_if_needed(pg::Connection& conn) {
+    // Read-only: to_regclass needs no privilege beyond USAGE on the schema (NULL without it,
+    // or when the schema is not there yet), max(version) needs SELECT.
+    pg::Result exists = conn.exec("SELECT to_regclass('dnstap.schema_version') IS NOT NULL");
+    if (exists.value(0, 0) == "t") {
+        pg::Result r = conn.exec("SELECT coalesce(max(version), 0) FROM dnstap.schema_version");
+        int current = std::stoi(std::string(r.value(0, 0)));
+        int latest = latest_schema_version();
+        if (current > latest) newer_than_known(current, latest);
+        if (current == latest) return 0;
+    }
+    return migrate(conn);
+}
+
 int migrate(pg::Connection& conn) {
     SessionLock lock(conn);
     // Quiet "already exists, skipping" notices on every start.
@@ -62,11 +86,7 @@ int migrate(pg::Connection& conn) {
     pg::Result r = conn.exec("SELECT coalesce(max(version), 0) FROM dnstap.schema_version");
     int current = std::stoi(std::string(r.value(0, 0)));
     int latest = latest_schema_version();
-    if (current > latest) {
-        throw std::runtime_error("database schema version " + std::to_string(current) +
-                                 " is newer than this binary knows (" + std::to_string(latest) +
-                                 "); upgrade dnstap-collector");
-    }
+    if (current > latest) newer_than_known(current, latest);
     std::vector<EmbeddedMigration> todo;
     for (const auto& m : embedded_migrations())
         if (m.version > current) todo.push_back(m);

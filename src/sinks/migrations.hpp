@@ -10,4 +10,9 @@ namespace dnstap_collector {
 // Returns the number applied. Throws std::runtime_error when the database is newer.
 int migrate(pg::Connection& conn);
 
+// What the sink runs at every (re)connect: reads dnstap.schema_version first and, when the
+// database is at this binary's latest version, runs no DDL at all (so a writer role needs no
+// CREATE on the database); otherwise migrate(). Throws like migrate() when it is newer.
+int migrate_if_needed(pg::Connection& conn);
+
 }  // namespace dnstap_collector

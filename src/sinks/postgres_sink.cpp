@@ -141,8 +141,9 @@ struct PostgresSink::Impl {
 
     void connect_now() {
         pg::Connection c = pg::Connection::open(opt.conninfo, bounds(false));
-        // Every (re)connect: a no-op when up to date, and it covers a database rebuilt meanwhile.
-        migrate(c);
+        // Every (re)connect: covers a database rebuilt meanwhile; when up to date only a read
+        // of dnstap.schema_version (no DDL, no database CREATE privilege needed).
+        migrate_if_needed(c);
         c.set_bounds(bounds(true));
         if (opt.pdns) c.exec(create_stage_sql);
         parts.forget();
