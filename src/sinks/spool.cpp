@@ -168,7 +168,10 @@ bool Spool::write_file(const fs::path& path, const std::string& data) {
     if (!ok) {
         std::error_code ec;
         fs::remove(tmp, ec);
-        log::error("spool: cannot write " + path.string() + ": " + std::strerror(err));
+        std::uint64_t suppressed = 0;
+        if (write_log_.allow(suppressed))
+            log::error("spool: cannot write " + path.string() + ": " + std::strerror(err) +
+                       (suppressed ? " (" + std::to_string(suppressed) + " more since)" : ""));
         return false;
     }
     fsync_dir(dir_);

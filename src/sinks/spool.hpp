@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "dnstap_collector/log.hpp"
 #include "sinks/copy_encoder.hpp"
 
 namespace dnstap_collector {
@@ -49,6 +50,8 @@ private:
     std::deque<File> files_;
     std::uint64_t bytes_ = 0;
     std::uint64_t next_seq_ = 1;
+    // A full file system fails every batch: one line per interval, with the count held back.
+    log::RateLimit write_log_{std::chrono::seconds(10)};
 };
 
 }  // namespace dnstap_collector
