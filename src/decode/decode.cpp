@@ -36,10 +36,17 @@ bool set_address(IpAddress& out, const std::string& in) {
     return true;
 }
 
+// Seconds + nanoseconds since the epoch as nanoseconds, or -1 ("absent") when the pair is not
+// a time: seconds past what int64 nanoseconds can hold (year 2262), or nsec >= 1e9. dnstap
+// defines nsec as the fraction of the second, so a larger value is a broken sender; carrying
+// it into the seconds would invent a time nobody sent (and could overflow near the limit), so
+// it is treated like any other unrepresentable time. With both bounds checked the arithmetic
+// cannot overflow: max_sec * 1e9 + 999'999'999 < INT64_MAX.
 std::int64_t to_ns(std::uint64_t sec, std::uint32_t nsec) {
-    constexpr std::uint64_t max_sec = static_cast<std::uint64_t>(INT64_MAX) / 1'000'000'000ULL - 1;
-    if (sec > max_sec) return -1;  // not a time we can represent: treat as absent
-    return static_cast<std::int64_t>(sec) * 1'000'000'000LL + static_cast<std::int64_t>(nsec);
+    constexpr std::uint64_t ns_per_sec = 1'000'000'000ULL;
+    constexpr std::uint64_t max_sec = static_cast<std::uint64_t>(INT64_MAX) / ns_per_sec - 1;
+    if (sec > max_sec || nsec >= ns_per_sec) return -1;
+    return static_cast<std::int64_t>(sec * ns_per_sec + nsec);
 }
 
 std::string hex(const std::string& bytes) {
