@@ -103,6 +103,9 @@ std::span<std::uint8_t> FrameReader::prepare(std::size_t min_size) {
 void FrameReader::commit(std::size_t n) { end_ += std::min(n, buf_.size() - end_); }
 
 void FrameReader::append(std::span<const std::uint8_t> bytes) {
+    // Nothing to copy; memcpy with the null data() of an empty span (and of a never-grown
+    // buffer) would be undefined behaviour even for 0 bytes.
+    if (bytes.empty()) return;
     auto space = prepare(bytes.size());
     std::memcpy(space.data(), bytes.data(), bytes.size());
     commit(bytes.size());
@@ -247,7 +250,8 @@ void append_data_frame(std::vector<std::uint8_t>& out, std::span<const std::uint
     // Length 0 is the control escape, and the prefix is 32 bits.
     if (payload.empty() || payload.size() > 0xFFFF'FFFFu)
         throw std::invalid_argument("append_data_frame: payload must be 1 byte .. 4 GiB");
-    out.reserve(out.size() + header_size + payload.size());
+    // No reserve(out.size() + ...) here: reserving exactly what one more frame needs defeats
+    // the vector's geometric growth and makes appending many frames to one buffer quadratic.
     store_be32(out, static_cast<std::uint32_t>(payload.size()));
     out.insert(out.end(), payload.begin(), payload.end());
 }
