@@ -57,6 +57,9 @@ public:
         }
         void* p = static_cast<std::byte*>(blocks_[current_]) + used_;
         used_ += n;
+        // Blocks are reused message after message: hand out zeroed memory so nothing that
+        // strays past an allocation can see (or copy into a row) bytes of an earlier message.
+        std::memset(p, 0, n);
         return p;
     }
 
@@ -85,7 +88,7 @@ private:
         }
     }
     void* alloc_big(std::size_t n) noexcept {
-        void* b = std::malloc(n);
+        void* b = std::calloc(1, n);
         if (b == nullptr || !push(big_, b)) return nullptr;
         return b;
     }
@@ -227,14 +230,263 @@ void normalize_rdata(const char* s, std::size_t n, std::string& out) {
     if (!quoted) end_token();
 }
 
-// RFC 3597 form, used when libknot cannot print the rdata in its type's own format.
+// RFC 3597 form, used when libknot cannot print the rdata in its type's own format. Upper-case
+// hex like libknot's own generic form, so a record reads the same whichever printed it.
 void generic_rdata(const knot_rdata_t* rd, std::string& out) {
-    static constexpr char hex[] = "0123456789abcdef";
+    static constexpr char hex[] = "0123456789ABCDEF";
     out = "\\# " + std::to_string(rd->len);
     if (rd->len > 0) out.push_back(' ');
     for (std::uint16_t i = 0; i < rd->len; ++i) {
         out.push_back(hex[rd->data[i] >> 4]);
         out.push_back(hex[rd->data[i] & 0xF]);
+    }
+}
+
+// ---- rdata layout check -------------------------------------------------------------------
+//
+// knot_pkt_parse checks an rdata only against its type's descriptor (fixed-size blocks and
+// names), not the fields inside the "remainder" block, and libknot's text dump trusts those
+// fields: an NSEC3 salt length of 255 in a 5-byte rdata makes it read (and print) 255 bytes
+// past the rdata, and the following hash length and bitmap come from whatever lies there
+// (earlier messages in our arena; off its end is SEGV). So every rdata is checked here, with
+// bounds, against the full layout its type's dumper walks before libknot sees it; what does
+// not fit is printed in the RFC 3597 form by generic_rdata instead. Types libknot has a
+// descriptor for but that are not checked below get the generic form too: a type can only be
+// printed by libknot once its layout is checked here.
+
+// Bounds-checked reader over one rdata. Every method fails rather than step past the end.
+class RdataCursor {
+public:
+    RdataCursor(const std::uint8_t* d, std::size_t len) noexcept : d_(d), len_(len) {}
+
+    const std::uint8_t* here() const noexcept { return d_ + pos_; }
+    std::size_t left() const noexcept { return len_ - pos_; }
+    bool at_end() const noexcept { return pos_ == len_; }
+    bool skip(std::size_t n) noexcept {
+        if (left() < n) return false;
+        pos_ += n;
+        return true;
+    }
+    bool u8(std::uint8_t& v) noexcept {
+        if (left() < 1) return false;
+        v = d_[pos_++];
+        return true;
+    }
+    bool u16(std::uint16_t& v) noexcept {
+        if (left() < 2) return false;
+        v = rd16(d_ + pos_);
+        pos_ += 2;
+        return true;
+    }
+    // An uncompressed wire name (libknot stores rdata names decompressed): labels of at most
+    // 63 octets, at most 255 octets in all, ending with the root label inside the rdata.
+    bool name() noexcept {
+        std::size_t total = 0;
+        for (;;) {
+            std::uint8_t label = 0;
+            if (!u8(label) || label > 63) return false;
+            total += std::size_t{label} + 1;
+            if (total > 255) return false;
+            if (label == 0) return true;
+            if (!skip(label)) return false;
+        }
+    }
+    // <character-string>: a length octet and that many octets.
+    bool char_string() noexcept {
+        std::uint8_t n = 0;
+        return u8(n) && skip(n);
+    }
+    // One or more <character-string>s filling the rest exactly (TXT, SPF).
+    bool char_strings_to_end() noexcept {
+        if (at_end()) return false;
+        while (!at_end())
+            if (!char_string()) return false;
+        return true;
+    }
+    // RFC 4034 4.1.2 type bitmap filling the rest: windows of 1..32 octets (may be empty).
+    bool bitmap_to_end() noexcept {
+        while (!at_end()) {
+            std::uint8_t window = 0;
+            std::uint8_t n = 0;
+            if (!u8(window) || !u8(n) || n == 0 || n > 32 || !skip(n)) return false;
+        }
+        return true;
+    }
+
+private:
+    const std::uint8_t* d_;
+    std::size_t len_;
+    std::size_t pos_ = 0;
+};
+
+// RFC 9460 SvcParams after the SVCB/HTTPS priority and target: key, length, value, each value
+// laid out as its key requires (the ones libknot prints by key; others print as opaque).
+bool svc_params_ok(RdataCursor& c) noexcept {
+    while (!c.at_end()) {
+        std::uint16_t key = 0;
+        std::uint16_t vlen = 0;
+        if (!c.u16(key) || !c.u16(vlen) || c.left() < vlen) return false;
+        switch (key) {
+        case 0:  // mandatory: list of keys
+            if (vlen == 0 || vlen % 2 != 0) return false;
+            break;
+        case 1: {  // alpn: one or more character-strings exactly filling the value
+            RdataCursor v(c.here(), vlen);
+            if (!v.char_strings_to_end()) return false;
+            break;
+        }
+        case 2:  // no-default-alpn: empty
+            if (vlen != 0) return false;
+            break;
+        case 3:  // port
+            if (vlen != 2) return false;
+            break;
+        case 4:  // ipv4hint: one or more addresses
+            if (vlen == 0 || vlen % 4 != 0) return false;
+            break;
+        case 5:  // ech: base64 of something
+            if (vlen == 0) return false;
+            break;
+        case 6:  // ipv6hint
+            if (vlen == 0 || vlen % 16 != 0) return false;
+            break;
+        default:
+            break;
+        }
+        if (!c.skip(vlen)) return false;
+    }
+    return true;
+}
+
+// True when `rd` fits the whole layout libknot's dumper walks for `type` (see above).
+bool rdata_dumpable(std::uint16_t type, const knot_rdata_t* rd) noexcept {
+    RdataCursor c(rd->data, rd->len);
+    switch (type) {
+    case KNOT_RRTYPE_A:
+        return rd->len == 4;
+    case KNOT_RRTYPE_AAAA:
+        return rd->len == 16;
+    case KNOT_RRTYPE_NS:
+    case KNOT_RRTYPE_CNAME:
+    case KNOT_RRTYPE_PTR:
+    case KNOT_RRTYPE_DNAME:
+    case KNOT_RRTYPE_MD:
+    case KNOT_RRTYPE_MF:
+    case KNOT_RRTYPE_MB:
+    case KNOT_RRTYPE_MG:
+    case KNOT_RRTYPE_MR:
+        return c.name() && c.at_end();
+    case KNOT_RRTYPE_SOA:  // mname, rname, serial, refresh, retry, expire, minimum
+        return c.name() && c.name() && c.skip(20) && c.at_end();
+    case KNOT_RRTYPE_HINFO:  // cpu, os
+        return c.char_string() && c.char_string() && c.at_end();
+    case KNOT_RRTYPE_MINFO:
+    case KNOT_RRTYPE_RP:
+        return c.name() && c.name() && c.at_end();
+    case KNOT_RRTYPE_MX:
+    case KNOT_RRTYPE_AFSDB:
+    case KNOT_RRTYPE_RT:
+    case KNOT_RRTYPE_KX:
+        return c.skip(2) && c.name() && c.at_end();
+    case KNOT_RRTYPE_PX:
+        return c.skip(2) && c.name() && c.name() && c.at_end();
+    case KNOT_RRTYPE_TXT:
+    case KNOT_RRTYPE_SPF:
+        return c.char_strings_to_end();
+    case KNOT_RRTYPE_SIG:
+    case KNOT_RRTYPE_RRSIG:  // type covered .. key tag (18 octets), signer, signature
+        return c.skip(18) && c.name();
+    case KNOT_RRTYPE_KEY:
+    case KNOT_RRTYPE_DNSKEY:
+    case KNOT_RRTYPE_CDNSKEY:  // flags, protocol, algorithm, key
+        return c.skip(4);
+    case KNOT_RRTYPE_LOC:  // version 0 is the only layout there is
+        return rd->len == 16 && rd->data[0] == 0;
+    case KNOT_RRTYPE_SRV:
+        return c.skip(6) && c.name() && c.at_end();
+    case KNOT_RRTYPE_NAPTR:  // order, preference, flags, services, regexp, replacement
+        return c.skip(4) && c.char_string() && c.char_string() && c.char_string() && c.name() &&
+               c.at_end();
+    case KNOT_RRTYPE_CERT:  // type, key tag, algorithm, certificate
+        return c.skip(5);
+    case KNOT_RRTYPE_APL:  // items: family, prefix, N | afdlength, afdpart
+        while (!c.at_end()) {
+            std::uint16_t family = 0;
+            std::uint8_t prefix = 0;
+            std::uint8_t n = 0;
+            if (!c.u16(family) || !c.u8(prefix) || !c.u8(n)) return false;
+            const std::size_t afd = n & 0x7Fu;
+            if (family == 1) {
+                if (prefix > 32 || afd > 4) return false;
+            } else if (family == 2) {
+                if (prefix > 128 || afd > 16) return false;
+            } else {
+                return false;
+            }
+            if (!c.skip(afd)) return false;
+        }
+        return true;
+    case KNOT_RRTYPE_DS:
+    case KNOT_RRTYPE_CDS:  // key tag, algorithm, digest type, digest
+        return c.skip(4);
+    case KNOT_RRTYPE_SSHFP:  // algorithm, fingerprint type, fingerprint
+        return c.skip(2);
+    case KNOT_RRTYPE_IPSECKEY: {  // precedence, gateway type, algorithm, gateway, key
+        std::uint8_t gateway_type = 0;
+        if (!c.skip(1) || !c.u8(gateway_type) || !c.skip(1)) return false;
+        switch (gateway_type) {
+        case 0: return true;
+        case 1: return c.skip(4);
+        case 2: return c.skip(16);
+        case 3: return c.name();
+        default: return false;
+        }
+    }
+    case KNOT_RRTYPE_NSEC:  // next name, bitmap
+        return c.name() && c.bitmap_to_end();
+    case KNOT_RRTYPE_DHCID:
+    case KNOT_RRTYPE_OPENPGPKEY:  // opaque, printed as base64
+        return true;
+    case KNOT_RRTYPE_NSEC3: {  // algorithm, flags, iterations, salt, next hashed owner, bitmap
+        std::uint8_t hash_len = 0;
+        return c.skip(4) && c.char_string() && c.u8(hash_len) && hash_len > 0 && c.skip(hash_len) &&
+               c.bitmap_to_end();
+    }
+    case KNOT_RRTYPE_NSEC3PARAM:  // algorithm, flags, iterations, salt
+        return c.skip(4) && c.char_string() && c.at_end();
+    case KNOT_RRTYPE_TLSA:
+    case KNOT_RRTYPE_SMIMEA:  // usage, selector, matching type, data
+        return c.skip(3);
+    case KNOT_RRTYPE_CSYNC:  // serial, flags, bitmap
+        return c.skip(6) && c.bitmap_to_end();
+    case KNOT_RRTYPE_ZONEMD:  // serial, scheme, algorithm, digest
+        return c.skip(6);
+    case KNOT_RRTYPE_SVCB:
+    case KNOT_RRTYPE_HTTPS:  // priority, target, params
+        return c.skip(2) && c.name() && svc_params_ok(c);
+    case KNOT_RRTYPE_NID:
+    case KNOT_RRTYPE_L64:
+        return rd->len == 10;
+    case KNOT_RRTYPE_L32:
+        return rd->len == 6;
+    case KNOT_RRTYPE_LP:
+        return c.skip(2) && c.name() && c.at_end();
+    case KNOT_RRTYPE_EUI48:
+        return rd->len == 6;
+    case KNOT_RRTYPE_EUI64:
+        return rd->len == 8;
+    case KNOT_RRTYPE_URI:  // priority, weight, target
+        return c.skip(4);
+    case KNOT_RRTYPE_CAA: {  // flags, tag length, tag, value
+        std::uint8_t tag_len = 0;
+        return c.skip(1) && c.u8(tag_len) && tag_len > 0 && c.skip(tag_len);
+    }
+    default:
+        // Types libknot knows but has not been checked above (NULL, OPT, TKEY, TSIG, NXT,
+        // meta-types, any added later): not handed to its type-specific printers. Types it
+        // does not know it prints itself as "\# len hex" from rd->len, which is safe.
+        return knot_get_rdata_descriptor(type)->type_name == nullptr &&
+               knot_get_obsolete_rdata_descriptor(type)->type_name == nullptr;
     }
 }
 
@@ -265,6 +517,11 @@ bool dump_address(const knot_rrset_t* rr, std::uint16_t pos, std::string& out) {
 
 void dump_rdata(Parser& ps, const knot_rrset_t* rr, std::uint16_t pos, std::string& out) {
     if (dump_address(rr, pos, out)) return;
+    const knot_rdata_t* rd = knot_rdataset_at(&rr->rrs, pos);
+    if (!rdata_dumpable(rr->type, rd)) {
+        generic_rdata(rd, out);
+        return;
+    }
     for (;;) {
         const int n = knot_rrset_txt_dump_data(rr, pos, ps.text.data(), ps.text.size(), &ps.style);
         if (n >= 0) {
@@ -276,7 +533,7 @@ void dump_rdata(Parser& ps, const knot_rrset_t* rr, std::uint16_t pos, std::stri
             ps.text.resize(ps.text.size() * 2);
             continue;
         }
-        generic_rdata(knot_rdataset_at(&rr->rrs, pos), out);
+        generic_rdata(rd, out);
         return;
     }
 }
