@@ -51,6 +51,10 @@ struct Metrics {
     Counter batches_written{0};
     Counter batch_latency_us_sum{0};
     Counter spool_bytes{0};
+    // Gauge: messages held in spool files now (restored from the files at start). With it a
+    // run balances: frames_received == messages_stored + dropped_total
+    //                                   + messages_spooled(at exit) - messages_spooled(at start).
+    Counter messages_spooled{0};
     Counter file_frames_dropped{0};    // frames missing from the -w copy while PostgreSQL stores
     Counter database_up{0};
     Counter queue_depth{0};

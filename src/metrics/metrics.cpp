@@ -43,6 +43,7 @@ std::string Metrics::summary() const {
         if (auto n = get(dropped[i]))
             out << " dropped_" << to_string(static_cast<DropReason>(i)) << '=' << n;
     }
+    out << " messages_spooled=" << get(messages_spooled);
     return out.str();
 }
 
@@ -80,6 +81,7 @@ std::string Metrics::prometheus() const {
     metric("file_frames_dropped_total", "counter", "Frames missing from the file copy written beside PostgreSQL.",
            get(file_frames_dropped));
     metric("spool_bytes", "gauge", "Bytes waiting in the on-disk spool.", get(spool_bytes));
+    metric("spooled_messages", "gauge", "Messages waiting in the on-disk spool.", get(messages_spooled));
     metric("database_up", "gauge", "1 when PostgreSQL is reachable.", get(database_up));
     metric("queue_depth", "gauge", "Frames waiting for a worker.", get(queue_depth));
     return out.str();

@@ -516,6 +516,10 @@ void PostgresSink::stop() {
         s.wake();
         s.has_rows.notify_all();
         s.writer.join();
+        if (s.spool && !s.spool->empty())
+            log::info(std::to_string(s.spool->messages()) + " messages left in the spool for the next start (" +
+                      std::to_string(s.spool->files()) + " batches, " + std::to_string(s.spool->bytes()) +
+                      " bytes in " + s.opt.spool_dir + ")");
     }
     // Never started: nothing will write what was queued.
     std::lock_guard lock(s.mu);

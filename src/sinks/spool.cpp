@@ -128,6 +128,35 @@ std::optional<copy::EncodedBatch> Spool::parse(std::string_view data) {
     return b;
 }
 
+std::uint64_t Spool::count_messages(const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    auto read = [&](std::size_t n) {
+        std::string s(n, '\0');
+        in.read(s.data(), static_cast<std::streamsize>(n));
+        if (static_cast<std::size_t>(in.gcount()) != n) s.clear();
+        return s;
+    };
+    std::string head = read(magic.size() + 8);
+    if (head.empty()) return 0;
+    Reader r{head, magic.size()};
+    std::uint64_t v = r.u64();
+    if (std::string_view(head).starts_with(magic2)) return v;
+    if (!std::string_view(head).starts_with(magic)) return 0;
+    // Format 1: v rows of (row_end, messages, time), 24 bytes each.
+    std::uint64_t size = fs::file_size(file);
+    if (v > size / 24) return 0;
+    std::string index = read(static_cast<std::size_t>(v) * 24);
+    if (index.size() != v * 24) return 0;
+    std::uint64_t total = 0;
+    Reader ir{index, 0};
+    for (std::uint64_t i = 0; i < v; ++i) {
+        ir.u64();
+        total += ir.u64();
+        ir.u64();
+    }
+    return total;
+}
+
 Spool::Spool(fs::path dir, std::uint64_t max_bytes, Metrics& metrics)
     : dir_(std::move(dir)), max_bytes_(max_bytes), metrics_(metrics) {
     fs::create_directories(dir_);
@@ -140,17 +169,18 @@ Spool::Spool(fs::path dir, std::uint64_t max_bytes, Metrics& metrics)
             continue;
         }
         if (std::uint64_t seq = seq_of(entry.path()))
-            found.push_back({seq, File{entry.path(), entry.file_size()}});
+            found.push_back({seq, File{entry.path(), entry.file_size(), count_messages(entry.path())}});
     }
     std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     for (auto& [seq, file] : found) {
         bytes_ += file.size;
+        messages_ += file.messages;
         next_seq_ = seq + 1;
         files_.push_back(std::move(file));
     }
     if (!files_.empty())
         log::info("spool " + dir_.string() + ": " + std::to_string(files_.size()) + " batches (" +
-                  std::to_string(bytes_) + " bytes) to replay");
+                  std::to_string(messages_) + " messages, " + std::to_string(bytes_) + " bytes) to replay");
     update_metric();
 }
 
@@ -187,7 +217,8 @@ bool Spool::put(const copy::EncodedBatch& batch) {
     if (!write_file(path, data)) return false;
     ++next_seq_;
     bytes_ += data.size();
-    files_.push_back(File{path, data.size()});
+    messages_ += batch.message_total();
+    files_.push_back(File{path, data.size(), batch.message_total()});
     update_metric();
     return true;
 }
@@ -198,6 +229,8 @@ bool Spool::replace_front(const copy::EncodedBatch& rest) {
     if (!write_file(files_.front().path, data)) return false;
     bytes_ = bytes_ - std::min(bytes_, files_.front().size) + data.size();
     files_.front().size = data.size();
+    messages_ = messages_ - std::min(messages_, files_.front().messages) + rest.message_total();
+    files_.front().messages = rest.message_total();
     update_metric();
     return true;
 }
@@ -208,10 +241,15 @@ std::optional<copy::EncodedBatch> Spool::front() {
         std::ifstream in(f.path, std::ios::binary);
         std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         if (auto b = parse(data)) return b;
-        log::warning("spool: " + f.path.string() + " is damaged; moved aside as .bad");
+        // Its messages (if its header told how many) were counted as spooled: now they are
+        // lost, counted as spool_full (the spool could not keep them).
+        log::warning("spool: " + f.path.string() + " is damaged; moved aside as .bad" +
+                     (f.messages ? " (" + std::to_string(f.messages) + " messages counted as dropped, spool_full)" : ""));
+        metrics_.drop(DropReason::spool_full, f.messages);
         std::error_code ec;
         fs::rename(f.path, fs::path(f.path) += ".bad", ec);
         bytes_ -= std::min(bytes_, f.size);
+        messages_ -= std::min(messages_, f.messages);
         files_.pop_front();
         update_metric();
     }
@@ -224,10 +262,14 @@ void Spool::pop_front() {
     fs::remove(files_.front().path, ec);
     if (ec) log::warning("spool: cannot remove " + files_.front().path.string() + ": " + ec.message());
     bytes_ -= std::min(bytes_, files_.front().size);
+    messages_ -= std::min(messages_, files_.front().messages);
     files_.pop_front();
     update_metric();
 }
 
-void Spool::update_metric() { metrics_.spool_bytes.store(bytes_, std::memory_order_relaxed); }
+void Spool::update_metric() {
+    metrics_.spool_bytes.store(bytes_, std::memory_order_relaxed);
+    metrics_.messages_spooled.store(messages_, std::memory_order_relaxed);
+}
 
 }  // namespace dnstap_collector

@@ -24,6 +24,7 @@ public:
     bool empty() const noexcept { return files_.empty(); }
     std::size_t files() const noexcept { return files_.size(); }
     std::uint64_t bytes() const noexcept { return bytes_; }
+    std::uint64_t messages() const noexcept { return messages_; }
 
     // False when it would exceed max_bytes or cannot be written (logged); the caller counts
     // the messages as dropped.
@@ -38,6 +39,9 @@ public:
     // File format, for tests: serialize / parse one batch.
     static std::string serialize(const copy::EncodedBatch& b);
     static std::optional<copy::EncodedBatch> parse(std::string_view data);
+    // Messages in a spool file from its first bytes (format 2) or its row index (format 1);
+    // 0 when it cannot be read.
+    static std::uint64_t count_messages(const std::filesystem::path& file);
 
 private:
     void update_metric();
@@ -46,9 +50,10 @@ private:
     std::filesystem::path dir_;
     std::uint64_t max_bytes_;
     Metrics& metrics_;
-    struct File { std::filesystem::path path; std::uint64_t size; };
+    struct File { std::filesystem::path path; std::uint64_t size; std::uint64_t messages; };
     std::deque<File> files_;
     std::uint64_t bytes_ = 0;
+    std::uint64_t messages_ = 0;  // dnstap messages in the files (Metrics::messages_spooled)
     std::uint64_t next_seq_ = 1;
     // A full file system fails every batch: one line per interval, with the count held back.
     log::RateLimit write_log_{std::chrono::seconds(10)};
