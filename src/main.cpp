@@ -84,12 +84,14 @@ int run_serve(Config& config) {
     }
     if (postgres) sinks.add(*postgres);  // last: it takes the batch, the others get copies
     // With only a file as the store, the pool feeds tail alone: its counts are kept apart so
-    // that frames_received == stored + dropped still holds for what the file took.
+    // that frames_received == stored + dropped still holds for what the file took. With
+    // --no-decode the pool itself is the store (it counts and discards).
     Metrics tail_only_metrics;
     CountingSink discard(metrics);
     if (!config.pipeline.decode) sinks.add(discard);
     if (!sinks.empty())
-        pool = std::make_unique<WorkerPool>(config.pipeline, sinks, postgres ? metrics : tail_only_metrics);
+        pool = std::make_unique<WorkerPool>(config.pipeline, sinks,
+                                            postgres || !config.pipeline.decode ? metrics : tail_only_metrics);
     Tee tee(file.get(), pool.get());
 
     Ingest ingest(io, config.ingest, tee, metrics);
