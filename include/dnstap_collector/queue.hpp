@@ -29,6 +29,21 @@ public:
         return true;
     }
 
+    // For producers that may wait (import reads a file; nobody upstream is kept waiting).
+    // False only once the queue is closed.
+    bool push_wait(T&& item) {
+        bool was_empty;
+        {
+            std::unique_lock lock(mutex_);
+            room_.wait(lock, [&] { return items_.size() < capacity_ || closed_; });
+            if (closed_) return false;
+            was_empty = items_.empty();
+            items_.push_back(std::move(item));
+        }
+        if (was_empty) ready_.notify_one();
+        return true;
+    }
+
     // Waits (for the consumer only) until items arrive, the timeout passes, or close().
     // Swaps the whole backlog into `out` (which should be empty). False once closed and empty.
     bool pop_all(std::vector<T>& out, std::chrono::milliseconds timeout) {
@@ -36,12 +51,15 @@ public:
         if (items_.empty() && !closed_) ready_.wait_for(lock, timeout, [&] { return !items_.empty() || closed_; });
         if (items_.empty()) return !closed_;
         out.swap(items_);
+        lock.unlock();
+        room_.notify_all();
         return true;
     }
 
     void close() {
         { std::lock_guard lock(mutex_); closed_ = true; }
         ready_.notify_all();
+        room_.notify_all();
     }
     std::size_t size() const { std::lock_guard lock(mutex_); return items_.size(); }
     std::size_t capacity() const noexcept { return capacity_; }
@@ -49,6 +67,7 @@ public:
 private:
     mutable std::mutex mutex_;
     std::condition_variable ready_;
+    std::condition_variable room_;
     std::vector<T> items_;
     std::size_t capacity_;
     bool closed_ = false;

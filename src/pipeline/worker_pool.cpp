@@ -124,10 +124,10 @@ bool WorkerPool::offer(std::span<const std::uint8_t> frame) {
 }
 
 void WorkerPool::push_wait(std::span<const std::uint8_t> frame) {
-    auto& queue = impl_->route(frame).queue;
-    Frame copy(frame.begin(), frame.end());
-    while (!queue.try_push(std::move(copy))) std::this_thread::sleep_for(std::chrono::microseconds(200));
-    impl_->metrics.frames_accepted.fetch_add(1, std::memory_order_relaxed);
+    if (impl_->route(frame).queue.push_wait(Frame(frame.begin(), frame.end())))
+        impl_->metrics.frames_accepted.fetch_add(1, std::memory_order_relaxed);
+    else
+        impl_->metrics.drop(DropReason::shutdown);  // pushed after drain_and_stop()
 }
 
 void WorkerPool::drain_and_stop() { impl_->stop(); }
