@@ -95,18 +95,22 @@ struct Run {
 Run produce(WorkerPool& pool, Metrics& metrics, const std::vector<dnstap::Dnstap>& messages, int producers,
             int rounds) {
     std::vector<Run> runs(static_cast<std::size_t>(producers));
+    // Frames are made here, on the test's thread: Catch's assertions are not thread-safe.
+    std::vector<std::vector<std::pair<std::string, Frame>>> inputs(static_cast<std::size_t>(producers));
+    for (int p = 0; p < producers; ++p) {
+        for (int r = 0; r < rounds; ++r) {
+            const std::string identity = "p" + std::to_string(p) + "-r" + std::to_string(r);
+            for (std::size_t i = 0; i < messages.size(); ++i) {
+                const std::string tag = identity + "-" + std::to_string(i);
+                inputs[static_cast<std::size_t>(p)].emplace_back(tag, tagged(messages[i], identity, tag));
+            }
+        }
+    }
     std::vector<std::thread> threads;
     for (int p = 0; p < producers; ++p) {
         threads.emplace_back([&, p] {
             Run& run = runs[static_cast<std::size_t>(p)];
-            std::vector<std::pair<std::string, Frame>> frames;
-            for (int r = 0; r < rounds; ++r) {
-                const std::string identity = "p" + std::to_string(p) + "-r" + std::to_string(r);
-                for (std::size_t i = 0; i < messages.size(); ++i) {
-                    const std::string tag = identity + "-" + std::to_string(i);
-                    frames.emplace_back(tag, tagged(messages[i], identity, tag));
-                }
-            }
+            const auto& frames = inputs[static_cast<std::size_t>(p)];
             std::size_t n = 0;
             for (auto& [tag, frame] : frames) {
                 metrics.frames_received.fetch_add(1, std::memory_order_relaxed);
