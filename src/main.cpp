@@ -3,8 +3,11 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
+#include <array>
 #include <csignal>
+#include <thread>
 #include <cstdio>
 #include <iostream>
 
@@ -52,9 +55,95 @@ private:
     WorkerPool* pool_;
 };
 
+// One line when messages start being dropped and one when it stops, with counts by reason,
+// instead of a line per drop: at 100k drops/s a line each would bury everything else.
+class DropReporter {
+public:
+    explicit DropReporter(const Metrics& m) : metrics_(m), last_(snapshot()) {}
+
+    void tick() {
+        const auto now = snapshot();
+        std::uint64_t new_drops = 0;
+        for (std::size_t i = 0; i < now.size(); ++i) new_drops += now[i] - last_[i];
+        if (new_drops > 0) {
+            if (!dropping_) {
+                dropping_ = true;
+                episode_start_ = last_;
+                started_ = std::chrono::steady_clock::now();
+                log::warning("dropping messages: " + describe(last_, now));
+            }
+            quiet_ticks_ = 0;
+        } else if (dropping_ && ++quiet_ticks_ >= 10) {
+            dropping_ = false;
+            const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_);
+            log::info("dropping stopped after " + std::to_string(seconds.count()) + " s: " + describe(episode_start_, now));
+        }
+        last_ = now;
+    }
+
+private:
+    using Snapshot = std::array<std::uint64_t, static_cast<std::size_t>(DropReason::count_)>;
+    Snapshot snapshot() const {
+        Snapshot s{};
+        for (std::size_t i = 0; i < s.size(); ++i) s[i] = metrics_.dropped[i].load(std::memory_order_relaxed);
+        return s;
+    }
+    static std::string describe(const Snapshot& from, const Snapshot& to) {
+        std::string out;
+        std::uint64_t total = 0;
+        for (std::size_t i = 0; i < to.size(); ++i) {
+            if (to[i] == from[i]) continue;
+            total += to[i] - from[i];
+            out += (out.empty() ? "" : ", ") + std::string(to_string(static_cast<DropReason>(i))) + "=" +
+                   std::to_string(to[i] - from[i]);
+        }
+        return std::to_string(total) + " dropped (" + out + ")";
+    }
+    const Metrics& metrics_;
+    Snapshot last_, episode_start_{};
+    bool dropping_ = false;
+    int quiet_ticks_ = 0;
+    std::chrono::steady_clock::time_point started_;
+};
+
+// SIGHUP: settings that can change while running are applied; the others are named so the
+// operator knows a restart is needed for them.
+void reload_config(const Config& running, int argc, char** argv) {
+    if (running.config_file.empty()) {
+        log::info("SIGHUP: no --config file to reload");
+        return;
+    }
+    try {
+        const Config fresh = parse_command_line(argc, argv);
+        if (fresh.log_level != running.log_level) {
+            log::set_level(fresh.log_level == "debug" ? log::Level::debug
+                           : fresh.log_level == "warning" ? log::Level::warning
+                           : fresh.log_level == "error" ? log::Level::error : log::Level::info);
+            log::info("SIGHUP: log level now " + fresh.log_level);
+        }
+        std::vector<std::string> need_restart;
+        if (fresh.ingest.unix_sockets.size() != running.ingest.unix_sockets.size() ||
+            fresh.ingest.tcp.size() != running.ingest.tcp.size())
+            need_restart.push_back("listeners");
+        if (fresh.postgres.has_value() != running.postgres.has_value() ||
+            (fresh.postgres && fresh.postgres->conninfo != running.postgres->conninfo))
+            need_restart.push_back("postgres");
+        if (fresh.metrics_address != running.metrics_address) need_restart.push_back("metrics");
+        if (fresh.pipeline.workers != running.pipeline.workers) need_restart.push_back("workers");
+        std::string msg = "SIGHUP: configuration reloaded from " + running.config_file;
+        if (!need_restart.empty()) {
+            msg += "; changed settings that take effect at the next start:";
+            for (const auto& n : need_restart) msg += " " + n;
+        }
+        log::info(msg);
+    } catch (const std::exception& e) {
+        log::error(std::string("SIGHUP: configuration not reloaded, keeping the running one: ") + e.what());
+    }
+}
+
 std::string conninfo_of(const Config& c) { return c.postgres ? c.postgres->conninfo : std::string(); }
 
-int run_serve(Config& config) {
+int run_serve(Config& config, int argc, char** argv) {
     if (!config.postgres && !config.file && config.pipeline.decode)
         throw ConfigError("serve needs somewhere to store: --postgres CONNINFO and/or -w FILE");
     if (config.check_only) {
@@ -107,6 +196,7 @@ int run_serve(Config& config) {
         metrics_server->start();
     }
 
+    boost::asio::steady_timer drop_timer(io), ready_timer(io);
     boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
     boost::asio::signal_set file_signals(io, SIGHUP, SIGUSR1);
     stop_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
@@ -116,10 +206,13 @@ int run_serve(Config& config) {
         if (metrics_server) metrics_server->stop();
         if (tail) tail->stop();
         file_signals.cancel();
+        drop_timer.cancel();
+        ready_timer.cancel();
     });
     std::function<void()> wait_file_signal = [&] {
         file_signals.async_wait([&](const boost::system::error_code& ec, int signal) {
             if (ec) return;
+            if (signal == SIGHUP) reload_config(config, argc, argv);
             if (file) {
                 if (signal == SIGUSR1) file->rotate();
                 else file->reopen();
@@ -129,8 +222,37 @@ int run_serve(Config& config) {
     };
     wait_file_signal();
 
-    sd_notify(0, "READY=1");
-    log::info("dnstap-collector ready");
+    // READY once the sockets listen and the rows have somewhere to go: the database, or the
+    // spool. Without a spool, wait a while for the database, but never hold named back for
+    // good (it waits for us: Before=named.service). Frames are read meanwhile.
+    const bool wait_for_database = postgres && config.postgres->spool_dir.empty();
+    const auto ready_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    std::function<void()> notify_ready = [&] {
+        if (wait_for_database && !postgres->database_up() && std::chrono::steady_clock::now() < ready_deadline) {
+            ready_timer.expires_after(std::chrono::milliseconds(50));
+            ready_timer.async_wait([&](const boost::system::error_code& ec) {
+                if (!ec) notify_ready();
+            });
+            return;
+        }
+        if (wait_for_database && !postgres->database_up())
+            log::warning("PostgreSQL is not reachable and no spool is configured: ready anyway; "
+                         "rows are dropped (sink_full) until it is back");
+        sd_notify(0, "READY=1");
+        log::info("dnstap-collector ready");
+    };
+    notify_ready();
+
+    DropReporter drops(metrics);
+    std::function<void()> watch_drops = [&] {
+        drop_timer.expires_after(std::chrono::seconds(1));
+        drop_timer.async_wait([&](const boost::system::error_code& ec) {
+            if (ec) return;
+            drops.tick();
+            watch_drops();
+        });
+    };
+    watch_drops();
     io.run();
     stop_signals.cancel();
     file_signals.cancel();
@@ -220,7 +342,7 @@ int main(int argc, char** argv) {
         else if (config.log_level == "warning") log::set_level(log::Level::warning);
         else if (config.log_level == "error") log::set_level(log::Level::error);
 
-        if (config.command == "serve") return run_serve(config);
+        if (config.command == "serve") return run_serve(config, argc, argv);
         if (config.command == "import") return run_import(config);
         if (config.command == "read") return run_read(config);
         if (config.command == "migrate") {
