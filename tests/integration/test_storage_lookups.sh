@@ -194,9 +194,12 @@ stop_named "$NAME"
 stop_collector
 
 # --- migrations ----------------------------------------------------------------------------
+# Every numbered file in schema/ is one migration, recorded once.
+migrations="$(find "$SOURCE_DIR/schema" -name '[0-9]*.sql' | wc -l)"
+expected_versions="$(find "$SOURCE_DIR/schema" -name '[0-9]*.sql' -printf '%f\n' | sort | sed -E 's/^0*([0-9]+).*/\1/' | paste -sd,)"
 out="$("$COLLECTOR" migrate --postgres "$CONNINFO" 2>&1)" || bad "second migrate failed: $out"
 grep -q 'up to date' <<<"$out" || bad "second migrate is not a no-op: $out"
-[[ "$(psql_value "SELECT count(*) FROM dnstap.schema_version")" == 1 ]] || bad "schema_version rows after migrate twice: $(psql_value 'SELECT version, name FROM dnstap.schema_version')"
+[[ "$(psql_value "SELECT count(*) FROM dnstap.schema_version")" == "$migrations" ]] || bad "schema_version rows after migrate twice: $(psql_value 'SELECT version, name FROM dnstap.schema_version')"
 [[ "$(psql_value "SELECT count(*) FROM dnstap.pdns")" -gt 0 ]] || bad "migrate again lost pdns rows"
 
 for db in race future; do psql_value "CREATE DATABASE $db" >/dev/null; done
@@ -206,9 +209,9 @@ for i in 1 2 3; do
   eval "pid=\$RACE$i"
   wait "$pid" || bad "concurrent migrate $i failed: $(cat "$WORK/race$i.log")"
 done
-versions="$(PGDATABASE=race psql_value "SELECT string_agg(version::text, ',') FROM dnstap.schema_version")"
-[[ "$versions" == 1 ]] || bad "concurrent migrates left schema_version '$versions'"
-applied="$(cat "$WORK"/race?.log | grep -c 'applied')"
+versions="$(PGDATABASE=race psql_value "SELECT string_agg(version::text, ',' ORDER BY version) FROM dnstap.schema_version")"
+[[ "$versions" == "$expected_versions" ]] || bad "concurrent migrates left schema_version '$versions' (expected $expected_versions)"
+applied="$(grep -l 'applied' "$WORK"/race?.log | wc -l)"
 [[ "$applied" == 1 ]] || bad "$applied of 3 concurrent migrates say they applied the schema"
 log "three concurrent migrates: $(cat "$WORK"/race?.log | tr '\n' ' ')"
 
