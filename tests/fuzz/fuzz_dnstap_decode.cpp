@@ -170,13 +170,14 @@ void check_exchange_rows(const copy::EncodedBatch& batch, std::size_t expected_r
 void check_pdns_rows(const copy::EncodedBatch& batch) {
     CopyReader r{batch.pdns_rows};
     static constexpr Kind kinds[] = {Kind::text, Kind::text, Kind::text, Kind::inet, Kind::timestamptz,
-                                     Kind::timestamptz, Kind::int8, Kind::text, Kind::text};
+                                     Kind::timestamptz, Kind::int8, Kind::text, Kind::text, Kind::text};
     static constexpr std::string_view names[] = {"rrname", "rrtype", "rdata", "rdata_ip", "time_first",
-                                                 "time_last", "count", "bailiwick", "sensor_id"};
+                                                 "time_last", "count", "bailiwick", "sensor_id", "rdata_name"};
+    constexpr std::uint16_t fields = std::size(names);
     std::uint32_t rows = 0;
     while (r.i < batch.pdns_rows.size()) {
-        if (r.u16() != 9) fail("pdns COPY: field count");
-        for (std::size_t k = 0; k < 9; ++k) {
+        if (r.u16() != fields) fail("pdns COPY: field count");
+        for (std::size_t k = 0; k < fields; ++k) {
             std::string_view v;
             const bool present = r.field(v);
             if (!present && k != 3 && k < 7) fail("pdns COPY: NULL in a NOT NULL column");
@@ -259,10 +260,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         po.exclude_names = {"example.com.", "."};
         if (size & 1) po.exclude_names.pop_back();
         Privacy privacy(po);
-        DnstapMessage p = m;
+        Exchange p;
+        (is_query(m.type) ? p.query : p.response) = m;
         if (privacy.apply(p)) {
-            check_strings(p);
-            fuzz::check_json(format_json(p), "format_json after privacy");
+            check_strings(p.any());
+            fuzz::check_json(format_json(p.any()), "format_json after privacy");
+            fuzz::check_json(format_exchange_json(p), "format_exchange_json after privacy");
         }
     }
 
