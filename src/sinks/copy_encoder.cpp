@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 
@@ -22,16 +24,31 @@ std::string_view trailer() noexcept {
 }
 
 void RowWriter::be16(std::uint16_t v) {
-    out_.push_back(static_cast<char>(v >> 8));
-    out_.push_back(static_cast<char>(v & 0xff));
+    const char b[2] = {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
+    out_.append(b, 2);
 }
 void RowWriter::be32(std::uint32_t v) {
-    be16(static_cast<std::uint16_t>(v >> 16));
-    be16(static_cast<std::uint16_t>(v & 0xffff));
+    const char b[4] = {static_cast<char>(v >> 24), static_cast<char>((v >> 16) & 0xff),
+                       static_cast<char>((v >> 8) & 0xff), static_cast<char>(v & 0xff)};
+    out_.append(b, 4);
 }
 void RowWriter::be64(std::uint64_t v) {
-    be32(static_cast<std::uint32_t>(v >> 32));
-    be32(static_cast<std::uint32_t>(v & 0xffffffffu));
+    char b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((v >> (56 - 8 * i)) & 0xff);
+    out_.append(b, 8);
+}
+
+std::size_t RowWriter::open_field() {
+    std::size_t at = out_.size();
+    be32(0);
+    return at;
+}
+void RowWriter::close_field(std::size_t at) {
+    auto n = static_cast<std::uint32_t>(out_.size() - at - 4);
+    out_[at] = static_cast<char>(n >> 24);
+    out_[at + 1] = static_cast<char>((n >> 16) & 0xff);
+    out_[at + 2] = static_cast<char>((n >> 8) & 0xff);
+    out_[at + 3] = static_cast<char>(n & 0xff);
 }
 
 void RowWriter::begin_row(std::int16_t fields) { be16(static_cast<std::uint16_t>(fields)); }
@@ -136,17 +153,74 @@ std::string sanitize_text(std::string_view raw, bool escape_backslash) {
 
 namespace {
 
+bool printable_ascii(std::string_view s, bool no_backslash) noexcept {
+    for (char ch : s) {
+        auto c = static_cast<unsigned char>(ch);
+        if (c < 0x20 || c >= 0x7f || (no_backslash && c == '\\')) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+void RowWriter::clean_text(std::string_view raw, bool escape_backslash) {
+    if (printable_ascii(raw, escape_backslash)) text(raw);
+    else text(sanitize_text(raw, escape_backslash));
+}
+
+namespace {
+
+// Length of a presentation name without its trailing dot: an escaped final dot ("a\.") is
+// part of the label (count the backslashes before it); the root stays ".".
+std::size_t without_final_dot(std::string_view n) noexcept {
+    if (n.size() <= 1 || n.back() != '.') return n.size();
+    std::size_t slashes = 0;
+    for (std::size_t k = n.size() - 1; k > 0 && n[k - 1] == '\\'; --k) ++slashes;
+    return slashes % 2 == 0 ? n.size() - 1 : n.size();
+}
+
 // Presentation name as stored: lowercase, no trailing dot (root stays "."), valid UTF-8.
 std::string stored_name(std::string_view presentation) {
     std::string n = lowercase_name(presentation);
-    if (n.size() > 1 && n.back() == '.') {
-        // An escaped final dot ("a\.") is part of the label; count the backslashes before it.
-        std::size_t slashes = 0;
-        for (std::size_t k = n.size() - 1; k > 0 && n[k - 1] == '\\'; --k) ++slashes;
-        if (slashes % 2 == 0) n.pop_back();
-    }
+    n.resize(without_final_dot(n));
     return sanitize_text(n, false);
 }
+
+// The same, written as a text field without temporary strings when the name is printable
+// ASCII (nearly always).
+void write_name(RowWriter& w, std::string_view presentation) {
+    if (!printable_ascii(presentation, false)) return w.text(stored_name(presentation));
+    std::string_view n = presentation.substr(0, without_final_dot(presentation));
+    std::size_t at = w.open_field();
+    std::string& out = w.buffer();
+    std::size_t base = out.size();
+    out.append(n);
+    for (std::size_t i = base; i < out.size(); ++i)
+        if (out[i] >= 'A' && out[i] <= 'Z') out[i] = static_cast<char>(out[i] + ('a' - 'A'));
+    w.close_field(at);
+}
+
+// Mnemonics of the common values, computed once (type_to_text formats through libknot).
+const std::string& cached_text(std::uint16_t v, std::string (*f)(std::uint16_t), int which) {
+    struct Tables {
+        std::array<std::array<std::string, 256>, 3> t;
+        Tables() {
+            for (std::uint16_t i = 0; i < 256; ++i) {
+                t[0][i] = type_to_text(i);
+                t[1][i] = class_to_text(i);
+                t[2][i] = rcode_to_text(i);
+            }
+        }
+    };
+    static const Tables tables;
+    if (v < 256) return tables.t[static_cast<std::size_t>(which)][v];
+    thread_local std::string other;
+    other = f(v);
+    return other;
+}
+const std::string& type_text(std::uint16_t t) { return cached_text(t, type_to_text, 0); }
+const std::string& class_text(std::uint16_t c) { return cached_text(c, class_to_text, 1); }
+const std::string& rcode_text(std::uint16_t r) { return cached_text(r, rcode_to_text, 2); }
 
 std::int64_t ns_to_us(std::int64_t ns) noexcept { return ns / 1000; }
 
@@ -186,22 +260,40 @@ RowSource make_source(const Exchange& e) {
 
 void opt_text(RowWriter& w, std::string_view s) {
     if (s.empty()) w.null();
-    else w.text(sanitize_text(s, false));
+    else w.clean_text(s, false);
 }
 
-std::string answers_json(const DnsMessage& m) {
-    std::string j = "[";
+// The answers as jsonb, built in place: [{"name","type","ttl","rdata"}, ...].
+void answers_jsonb(RowWriter& w, const DnsMessage& m) {
+    std::size_t at = w.open_field();
+    std::string& j = w.buffer();
+    j += '\1';  // jsonb binary format version
+    j += '[';
+    bool first = true;
     for (const auto& rr : m.answers) {
-        if (j.size() > 1) j += ',';
+        if (!first) j += ',';
+        first = false;
         j += "{\"name\":";
-        append_json_string(j, stored_name(rr.name));
+        std::size_t plain = without_final_dot(rr.name);
+        if (printable_ascii(rr.name, false) && plain == rr.name.size() &&
+            std::none_of(rr.name.begin(), rr.name.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))
+            append_json_string(j, rr.name);
+        else
+            append_json_string(j, stored_name(rr.name));
         j += ",\"type\":";
-        append_json_string(j, type_to_text(rr.type));
-        j += ",\"ttl\":" + std::to_string(rr.ttl) + ",\"rdata\":";
-        append_json_string(j, sanitize_text(rr.rdata, false));
+        append_json_string(j, type_text(rr.type));
+        char ttl[16];
+        auto [end, ec] = std::to_chars(ttl, ttl + sizeof ttl, rr.ttl);
+        (void)ec;
+        j += ",\"ttl\":";
+        j.append(ttl, end);
+        j += ",\"rdata\":";
+        if (printable_ascii(rr.rdata, false)) append_json_string(j, rr.rdata);
+        else append_json_string(j, sanitize_text(rr.rdata, false));
         j += '}';
     }
-    return j + "]";
+    j += ']';
+    w.close_field(at);
 }
 
 const Policy* policy_of(const RowSource& s) {
@@ -250,7 +342,7 @@ const std::array<Column, 35> columns = {{
          if (s.response_time_ns >= 0) w.timestamptz_unix_us(ns_to_us(s.response_time_ns)); else w.null();
      }},
     {"identity", [](const S& s, W& w) {
-         if (s.any.identity.empty()) w.null(); else w.text(sanitize_text(s.any.identity, true));
+         if (s.any.identity.empty()) w.null(); else w.clean_text(s.any.identity, true);
      }},
     {"kind", [](const S& s, W& w) { opt_text(w, kind_of(s.any.type)); }},
     {"query_type", [](const S& s, W& w) {
@@ -272,16 +364,16 @@ const std::array<Column, 35> columns = {{
      }},
     {"dns_id", [](const S& s, W& w) { if (s.head) w.int4(s.head->id); else w.null(); }},
     {"qname", [](const S& s, W& w) {
-         if (s.head && s.head->has_question) w.text(stored_name(s.head->qname)); else w.null();
+         if (s.head && s.head->has_question) write_name(w, s.head->qname); else w.null();
      }},
     {"qtype", [](const S& s, W& w) {
-         if (s.head && s.head->has_question) w.text(type_to_text(s.head->qtype)); else w.null();
+         if (s.head && s.head->has_question) w.text(type_text(s.head->qtype)); else w.null();
      }},
     {"qclass", [](const S& s, W& w) {
-         if (s.head && s.head->has_question) w.text(class_to_text(s.head->qclass)); else w.null();
+         if (s.head && s.head->has_question) w.text(class_text(s.head->qclass)); else w.null();
      }},
     {"opcode", [](const S& s, W& w) { if (s.head) w.text(opcode_to_text(s.head->opcode())); else w.null(); }},
-    {"rcode", [](const S& s, W& w) { if (s.r) w.text(rcode_to_text(s.r->rcode)); else w.null(); }},
+    {"rcode", [](const S& s, W& w) { if (s.r) w.text(rcode_text(s.r->rcode)); else w.null(); }},
     {"flags", [](const S& s, W& w) {
          const DnsMessage* m = s.r ? s.r : s.q;
          if (m) w.text(flags_to_text(m->flags)); else w.null();
@@ -294,7 +386,7 @@ const std::array<Column, 35> columns = {{
     {"answer_count", [](const S& s, W& w) { if (s.r) w.int4(s.r->ancount); else w.null(); }},
     {"authority_count", [](const S& s, W& w) { if (s.r) w.int4(s.r->nscount); else w.null(); }},
     {"additional_count", [](const S& s, W& w) { if (s.r) w.int4(s.r->arcount); else w.null(); }},
-    {"answers", [](const S& s, W& w) { if (s.r) w.jsonb(answers_json(*s.r)); else w.null(); }},
+    {"answers", [](const S& s, W& w) { if (s.r) answers_jsonb(w, *s.r); else w.null(); }},
     {"edns_udp_size", [](const S& s, W& w) { if (s.edns) w.int4(s.edns->edns_udp_size); else w.null(); }},
     {"edns_do", [](const S& s, W& w) { if (s.edns) w.boolean(s.edns->edns_do); else w.null(); }},
     {"ecs", [](const S& s, W& w) {
@@ -306,7 +398,7 @@ const std::array<Column, 35> columns = {{
     {"ede_text", [](const S& s, W& w) { opt_text(w, s.r ? std::string_view(s.r->ede_text) : std::string_view()); }},
     {"query_zone", [](const S& s, W& w) {
          const DnstapMessage* m = zone_source(s);
-         if (m) w.text(stored_name(m->query_zone)); else w.null();
+         if (m) write_name(w, m->query_zone); else w.null();
      }},
     {"policy", [](const S& s, W& w) {
          const Policy* p = policy_of(s);
@@ -392,7 +484,7 @@ void PdnsAggregate::add(const Exchange& e) {
                                                            : stored_name(e.response->query_zone);
     for (const auto& rr : r.answers) {
         if (rr.rclass != 1) continue;  // IN only: other classes are not passive DNS data
-        PdnsKey key{stored_name(rr.name), type_to_text(rr.type), {}};
+        PdnsKey key{stored_name(rr.name), type_text(rr.type), {}};
         // Lone-name rdata (CNAME, NS, PTR, DNAME) is stored like owner names so pdns_rdata can
         // look it up by name.
         if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) key.rdata = stored_name(rr.rdata);
@@ -415,10 +507,25 @@ void PdnsAggregate::add(const Exchange& e) {
     }
 }
 
+std::size_t PdnsKeyHash::operator()(const PdnsKey& k) const noexcept {
+    std::hash<std::string_view> h;
+    std::size_t x = h(k.rrname);
+    x ^= h(k.rrtype) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
+    x ^= h(k.rdata) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
+    return x;
+}
+
 std::string PdnsAggregate::encode() const {
+    std::vector<const Map::value_type*> sorted;
+    sorted.reserve(entries_.size());
+    for (const auto& entry : entries_) sorted.push_back(&entry);
+    std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
     std::string out;
+    out.reserve(entries_.size() * 120);
     RowWriter w(out);
-    for (const auto& [k, v] : entries_) {
+    for (const auto* entry : sorted) {
+        const PdnsKey& k = entry->first;
+        const PdnsValue& v = entry->second;
         w.begin_row(10);
         w.text(k.rrname);
         w.text(k.rrtype);
@@ -481,15 +588,26 @@ EncodedBatch EncodedBatch::subset(const std::vector<bool>& done, bool keep_pdns)
 }
 
 EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns) {
+    return encode_batch(std::span<const std::vector<Exchange>>(), with_pdns, exchanges);
+}
+
+EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
+                          std::span<const Exchange> more) {
+    std::size_t n = more.size();
+    for (const auto& c : chunks) n += c.size();
     EncodedBatch out;
-    out.row_end.reserve(exchanges.size());
-    out.messages.reserve(exchanges.size());
-    out.times_us.reserve(exchanges.size());
+    out.rows.reserve(n * 320);  // typical rows are 250..400 bytes
+    out.row_end.reserve(n);
+    out.messages.reserve(n);
+    out.times_us.reserve(n);
     PdnsAggregate pdns;
-    for (const auto& e : exchanges) {
+    auto add = [&](const Exchange& e) {
         append_exchange(e, out);
         if (with_pdns) pdns.add(e);
-    }
+    };
+    for (const auto& c : chunks)
+        for (const auto& e : c) add(e);
+    for (const auto& e : more) add(e);
     if (with_pdns && !pdns.empty()) {
         out.pdns_rows = pdns.encode();
         out.pdns_count = static_cast<std::uint32_t>(pdns.entries().size());

@@ -4,7 +4,7 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <unordered_map>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,6 +37,12 @@ public:
     bool inet_text(std::string_view address);     // "192.0.2.1" / "2001:db8::1"; false (and
                                                   // nothing written) when not an address
     void jsonb(std::string_view json);            // json must be valid UTF-8 JSON
+    // Text through sanitize_text, without a copy when it is printable ASCII already.
+    void clean_text(std::string_view raw, bool escape_backslash);
+    // A field whose bytes the caller appends to buffer() between the two calls.
+    std::size_t open_field();
+    void close_field(std::size_t opened);
+    std::string& buffer() noexcept { return out_; }
 private:
     void be16(std::uint16_t v);
     void be32(std::uint32_t v);
@@ -64,7 +70,7 @@ std::string exchange_copy_statement();
 // query, else the response's query_time, else its response_time.
 std::int64_t exchange_time_us(const Exchange& e) noexcept;
 
-// Passive DNS rows aggregated over one batch, keyed and sorted like the upsert wants them.
+// Passive DNS rows aggregated over one batch, keyed like the upsert's conflict target.
 struct PdnsKey {
     std::string rrname, rrtype, rdata;
     friend auto operator<=>(const PdnsKey&, const PdnsKey&) = default;
@@ -82,17 +88,21 @@ struct PdnsValue {
 // other types, for the root ("." : no target, e.g. a null MX) and for rdata in the generic
 // "\# len hex" form.
 std::string rdata_target_name(std::uint16_t type, std::string_view rdata_presentation);
+struct PdnsKeyHash {
+    std::size_t operator()(const PdnsKey& k) const noexcept;
+};
 class PdnsAggregate {
 public:
+    using Map = std::unordered_map<PdnsKey, PdnsValue, PdnsKeyHash>;
     // Answer-section records of the exchange's response, if any.
     void add(const Exchange& e);
-    const std::map<PdnsKey, PdnsValue>& entries() const noexcept { return entries_; }
+    const Map& entries() const noexcept { return entries_; }
     bool empty() const noexcept { return entries_.empty(); }
     // COPY rows (no header/trailer) in the staging table's column order, see
-    // pdns_stage_columns.
+    // pdns_stage_columns; sorted by key.
     std::string encode() const;
 private:
-    std::map<PdnsKey, PdnsValue> entries_;
+    Map entries_;
 };
 inline constexpr std::string_view pdns_stage_columns =
     "rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id, rdata_name";
@@ -122,6 +132,9 @@ struct EncodedBatch {
 };
 
 EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns);
+// The same over several vectors, as the sink's queue holds them.
+EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
+                          std::span<const Exchange> more = {});
 void append_exchange(const Exchange& e, EncodedBatch& out);
 
 }  // namespace dnstap_collector::copy

@@ -267,20 +267,22 @@ Result Connection::exec_params(const char* sql, const std::vector<std::optional<
     return finish(collect(what), what);
 }
 
-void Connection::copy_in(const std::string& sql, std::string_view data) {
+void Connection::copy_in(const std::string& sql, std::initializer_list<std::string_view> pieces) {
     std::string what = label(sql);
     begin(what);
     if (!PQsendQuery(c_, sql.c_str())) fail_send(what);
     finish(collect(what), what);  // PGRES_COPY_IN
-    // Large pieces: libpq buffers what it cannot send at once; await() flushes it (within
-    // the bounds) before the next piece, so the buffer stays at about one piece.
-    constexpr std::size_t piece = 1 << 20;
-    for (std::size_t off = 0; off < data.size(); off += piece) {
-        std::size_t n = std::min(piece, data.size() - off);
-        int rc;
-        while ((rc = PQputCopyData(c_, data.data() + off, static_cast<int>(n))) == 0) await(what);
-        if (rc < 0) fail_send("COPY");
-        await(what);
+    // Large chunks: libpq buffers what it cannot send at once; await() flushes it (within
+    // the bounds) before the next chunk, so its buffer stays at about one chunk.
+    constexpr std::size_t chunk = 1 << 20;
+    for (std::string_view data : pieces) {
+        for (std::size_t off = 0; off < data.size(); off += chunk) {
+            std::size_t n = std::min(chunk, data.size() - off);
+            int rc;
+            while ((rc = PQputCopyData(c_, data.data() + off, static_cast<int>(n))) == 0) await(what);
+            if (rc < 0) fail_send("COPY");
+            if (n == chunk) await(what);  // small pieces (header, trailer) just join the buffer
+        }
     }
     int rc;
     while ((rc = PQputCopyEnd(c_, nullptr)) == 0) await(what);

@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 
 #include <chrono>
+#include <initializer_list>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -104,7 +105,9 @@ public:
     // Text parameters; std::nullopt is SQL NULL. Values never become part of the SQL text.
     Result exec_params(const char* sql, const std::vector<std::optional<std::string>>& params);
     // COPY ... FROM STDIN with `data` as the whole payload; throws on any failure.
-    void copy_in(const std::string& sql, std::string_view data);
+    void copy_in(const std::string& sql, std::string_view data) { copy_in(sql, {data}); }
+    // The same with the payload in pieces (header, rows, trailer: no copy into one buffer).
+    void copy_in(const std::string& sql, std::initializer_list<std::string_view> pieces);
     // ROLLBACK that never throws: used on error paths where the transaction may be dead.
     void rollback() noexcept;
 

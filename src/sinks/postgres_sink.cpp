@@ -1,5 +1,6 @@
-// PostgresSink: a bounded queue in front of one writer thread that batches exchanges, encodes
-// them as binary COPY, and commits each batch (exchange rows + pdns upsert) in one transaction.
+// PostgresSink: a bounded queue in front of an encoder thread (batches of exchanges -> binary
+// COPY) and a writer thread that commits each batch (exchange rows + pdns upsert) in one
+// transaction; the encoder works on the next batch while the writer waits on the database.
 // When the database is away, batches go to the spool and are replayed when it is back.
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -102,7 +103,9 @@ struct PostgresSink::Impl {
     // (and to start() before the thread exists).
     std::mutex mu;
     std::condition_variable has_rows, has_room;
-    std::deque<Exchange> queue;
+    // Rows as the workers handed them in (vectors moved whole, never row by row).
+    std::deque<std::vector<Exchange>> queue;
+    std::size_t queued_rows = 0;
     Clock::time_point first_row_at{};
     bool closing = false;
     bool writer_done = false;
@@ -110,6 +113,14 @@ struct PostgresSink::Impl {
     Clock::time_point deadline{};
     std::atomic<bool> up{false};
 
+    // Encoded batches between the encoder thread and the writer (guarded by mu): the encoder
+    // encodes batch N+1 while the writer waits on the database for batch N.
+    static constexpr std::size_t encoded_depth = 2;
+    std::deque<copy::EncodedBatch> encoded;
+    bool encoder_done = false;
+    std::condition_variable has_encoded, encoded_room;
+
+    std::thread encoder;
     std::thread writer;
     bool started = false;
     std::optional<Spool> spool;
@@ -119,6 +130,16 @@ struct PostgresSink::Impl {
     bool lost_logged = false;
     Clock::time_point next_maintenance{};
     log::RateLimit reject_log{std::chrono::seconds(10)};
+    // Where the writer's time goes (logged at debug level when it stops).
+    struct Phases {
+        Clock::duration wait{}, encode{}, partitions{}, copy{}, pdns{}, upsert{}, commit{}, spool{};
+        std::uint64_t batches = 0, rows = 0;
+    } phases;
+    struct Timer {
+        Clock::duration& into;
+        Clock::time_point t0 = Clock::now();
+        ~Timer() { into += Clock::now() - t0; }
+    };
     log::RateLimit drop_log{std::chrono::seconds(10)};
 
     // --- connection ---
@@ -210,12 +231,23 @@ struct PostgresSink::Impl {
     }
 
     void upsert_pdns(const copy::EncodedBatch& b) {
-        conn->copy_in(b.pdns_format == 1 ? stage_copy_sql_v1 : stage_copy_sql, b.pdns_payload());
+        Timer t{phases.pdns};
+        conn->copy_in(b.pdns_format == 1 ? stage_copy_sql_v1 : stage_copy_sql,
+                      {copy::header(), b.pdns_rows, copy::trailer()});
+        Timer u{phases.upsert};
         conn->exec(upsert_pdns_sql);
     }
 
     void copy_rows(const copy::EncodedBatch& b, std::size_t lo, std::size_t hi) {
-        conn->copy_in(copy_sql, b.copy_payload(lo, hi));
+        Timer t{phases.copy};
+        std::size_t begin = lo ? b.row_end[lo - 1] : 0;
+        std::size_t end = hi ? b.row_end[hi - 1] : 0;
+        conn->copy_in(copy_sql, {copy::header(), std::string_view(b.rows).substr(begin, end - begin), copy::trailer()});
+    }
+
+    void commit() {
+        Timer t{phases.commit};
+        conn->exec("COMMIT");
     }
 
     // Commits rows [lo, hi) alone; on rejection splits in halves until the bad rows are alone.
@@ -257,6 +289,7 @@ struct PostgresSink::Impl {
     void store(copy::EncodedBatch& b) {
         auto t0 = Clock::now();
         try {
+            Timer t{phases.partitions};
             parts.ensure_rows(*conn, b.times_us);
         } catch (const pg::Error& e) {
             if (e.connection_lost) throw;
@@ -268,7 +301,7 @@ struct PostgresSink::Impl {
                 conn->exec("BEGIN");
                 if (b.size()) copy_rows(b, 0, b.size());
                 if (b.pdns_count) upsert_pdns(b);
-                conn->exec("COMMIT");
+                commit();
                 account(b, 0, b.size());
                 finish(t0);
                 return;
@@ -350,6 +383,7 @@ struct PostgresSink::Impl {
                 }
             }
             if (spool) {
+                Timer t{phases.spool};
                 if (!spool->put(b)) drop(DropReason::spool_full, b);
                 return;
             }
@@ -401,18 +435,32 @@ struct PostgresSink::Impl {
 
     // Takes up to batch_rows, waiting for a full batch at most flush_interval after the first
     // row arrived. True once closing and nothing is left.
-    bool take(std::vector<Exchange>& out) {
+    bool take(std::vector<std::vector<Exchange>>& out) {
+        Timer t{phases.wait};
         std::unique_lock lock(mu);
-        auto idle = spool && !spool->empty() ? 100ms : 1000ms;
-        if (queue.empty() && !closing) has_rows.wait_for(lock, idle, [&] { return !queue.empty() || closing; });
-        if (!queue.empty() && !closing && queue.size() < opt.batch_rows)
+        if (queue.empty() && !closing) has_rows.wait_for(lock, 1000ms, [&] { return !queue.empty() || closing; });
+        // No wait when a full batch is there already.
+        if (!queue.empty() && !closing && queued_rows < opt.batch_rows)
             has_rows.wait_until(lock, first_row_at + opt.flush_interval,
-                                [&] { return queue.size() >= opt.batch_rows || closing; });
+                                [&] { return queued_rows >= opt.batch_rows || closing; });
         bool hurry = closing && Clock::now() >= deadline;
-        std::size_t n = hurry ? queue.size() : std::min(queue.size(), opt.batch_rows);
-        out.assign(std::make_move_iterator(queue.begin()),
-                   std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
-        queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(n));
+        // Whole handed-in vectors; only the one that crosses batch_rows is split.
+        std::size_t rows = 0;
+        while (!queue.empty() && (hurry || rows < opt.batch_rows)) {
+            std::vector<Exchange>& front = queue.front();
+            std::size_t want = hurry ? front.size() : opt.batch_rows - rows;
+            if (front.size() <= want) {
+                rows += front.size();
+                out.push_back(std::move(front));
+                queue.pop_front();
+            } else {
+                auto cut = front.begin() + static_cast<std::ptrdiff_t>(want);
+                out.emplace_back(std::make_move_iterator(front.begin()), std::make_move_iterator(cut));
+                front.erase(front.begin(), cut);
+                rows += want;
+            }
+        }
+        queued_rows -= rows;
         if (!queue.empty()) first_row_at = Clock::now();  // the rest waited already: next round soon
         bool last = closing && queue.empty();
         lock.unlock();
@@ -420,26 +468,79 @@ struct PostgresSink::Impl {
         return last;
     }
 
-    void run() {
-        std::vector<Exchange> batch;
+    // Encoder thread: rows from the queue -> encoded batches (the Exchanges are freed here
+    // too, off the writer's thread).
+    void encode_loop() {
+        std::vector<std::vector<Exchange>> batch;
         for (;;) {
             bool last = take(batch);
             if (!batch.empty()) {
-                copy::EncodedBatch encoded = copy::encode_batch(batch, opt.pdns);
-                batch.clear();
-                try {
-                    handle(std::move(encoded));
-                } catch (const std::exception& e) {
-                    log::error(std::string("postgres writer: ") + e.what());
-                    metrics.drop(DropReason::row_rejected, encoded.message_total());
+                copy::EncodedBatch e;
+                {
+                    Timer t{phases.encode};
+                    e = copy::encode_batch(batch, opt.pdns);
+                    batch.clear();
                 }
+                std::unique_lock lock(mu);
+                // Past the deadline the writer only spools or counts: never wait for it then.
+                while (encoded.size() >= encoded_depth && !(closing && Clock::now() >= deadline)) {
+                    if (closing) encoded_room.wait_until(lock, deadline);
+                    else encoded_room.wait(lock);
+                }
+                encoded.push_back(std::move(e));
+                lock.unlock();
+                has_encoded.notify_one();
             }
             if (last) break;
+        }
+        {
+            std::lock_guard lock(mu);
+            encoder_done = true;
+        }
+        has_encoded.notify_all();
+    }
+
+    // Writer thread: encoded batches -> database (or spool), maintenance in between.
+    void run() {
+        for (;;) {
+            std::optional<copy::EncodedBatch> b;
+            bool finished = false;
+            {
+                std::unique_lock lock(mu);
+                auto idle = spool && !spool->empty() ? 100ms : 1000ms;
+                if (encoded.empty() && !encoder_done)
+                    has_encoded.wait_for(lock, idle, [&] { return !encoded.empty() || encoder_done; });
+                if (!encoded.empty()) {
+                    b = std::move(encoded.front());
+                    encoded.pop_front();
+                }
+                finished = encoder_done && encoded.empty();
+            }
+            encoded_room.notify_one();
+            if (b) {
+                ++phases.batches;
+                phases.rows += b->size();
+                try {
+                    handle(std::move(*b));
+                } catch (const std::exception& e) {
+                    log::error(std::string("postgres writer: ") + e.what());
+                    metrics.drop(DropReason::row_rejected, b->message_total());
+                }
+            }
+            if (finished) break;
             if (!past_deadline()) maintain();
         }
         conn.reset();
         up = false;
         metrics.database_up.store(0, std::memory_order_relaxed);
+        if (log::level() <= log::Level::debug) {
+            auto sec = [](Clock::duration d) { return std::to_string(std::chrono::duration<double>(d).count()); };
+            log::debug("postgres writer: " + std::to_string(phases.batches) + " batches, " +
+                       std::to_string(phases.rows) + " rows; seconds: encoder waiting for rows " + sec(phases.wait) +
+                       ", encoding " + sec(phases.encode) + "; writer: partitions " + sec(phases.partitions) +
+                       ", COPY " + sec(phases.copy) + ", pdns " + sec(phases.pdns) + " (upsert " + sec(phases.upsert) + "), COMMIT " +
+                       sec(phases.commit) + ", spool " + sec(phases.spool));
+        }
         {
             std::lock_guard lock(mu);
             writer_done = true;
@@ -449,26 +550,34 @@ struct PostgresSink::Impl {
 
     void consume(std::vector<Exchange>&& batch) {
         auto until = Clock::now() + consume_wait;
+        const std::size_t total = batch.size();
         std::size_t i = 0;
         {
             std::unique_lock lock(mu);
-            while (i < batch.size() && !closing) {
-                if (queue.size() >= opt.queue_rows) {
+            while (i < total && !closing) {
+                if (queued_rows >= opt.queue_rows) {
                     has_rows.notify_one();
-                    if (!has_room.wait_until(lock, until, [&] { return queue.size() < opt.queue_rows || closing; }))
+                    if (!has_room.wait_until(lock, until, [&] { return queued_rows < opt.queue_rows || closing; }))
                         break;
                     if (closing) break;
                 }
                 if (queue.empty()) first_row_at = Clock::now();
-                std::size_t room = opt.queue_rows - queue.size();
-                std::size_t n = std::min(room, batch.size() - i);
-                for (std::size_t k = 0; k < n; ++k) queue.push_back(std::move(batch[i + k]));
+                std::size_t room = opt.queue_rows - queued_rows;
+                std::size_t n = std::min(room, total - i);
+                if (i == 0 && n == total) {
+                    queue.push_back(std::move(batch));
+                } else {
+                    auto from = batch.begin() + static_cast<std::ptrdiff_t>(i);
+                    queue.emplace_back(std::make_move_iterator(from),
+                                       std::make_move_iterator(from + static_cast<std::ptrdiff_t>(n)));
+                }
+                queued_rows += n;
                 i += n;
             }
         }
         has_rows.notify_one();
         std::uint64_t left = 0;
-        for (; i < batch.size(); ++i) left += batch[i].message_count();
+        for (; i < total; ++i) left += batch[i].message_count();  // batch is whole unless i == total
         if (left) metrics.drop(DropReason::sink_full, left);
     }
 };
@@ -489,6 +598,7 @@ void PostgresSink::start() {
         s.mark_down(e.what());
     }
     s.started = true;
+    s.encoder = std::thread([&s] { s.encode_loop(); });
     s.writer = std::thread([&s] { s.run(); });
 }
 
@@ -505,6 +615,7 @@ void PostgresSink::stop() {
     }
     s.has_rows.notify_all();
     s.has_room.notify_all();
+    s.encoded_room.notify_all();
     if (s.writer.joinable()) {
         // Bounded: at the deadline every wait on the server is cancelled (a write blocked by
         // a lock, a wedged server), and the writer moves what it holds to the spool or counts
@@ -515,6 +626,8 @@ void PostgresSink::stop() {
         }
         s.wake();
         s.has_rows.notify_all();
+        s.encoded_room.notify_all();
+        s.encoder.join();
         s.writer.join();
         if (s.spool && !s.spool->empty())
             log::info(std::to_string(s.spool->messages()) + " messages left in the spool for the next start (" +
@@ -524,8 +637,10 @@ void PostgresSink::stop() {
     // Never started: nothing will write what was queued.
     std::lock_guard lock(s.mu);
     std::uint64_t left = 0;
-    for (const auto& e : s.queue) left += e.message_count();
+    for (const auto& chunk : s.queue)
+        for (const auto& e : chunk) left += e.message_count();
     s.queue.clear();
+    s.queued_rows = 0;
     if (left) s.metrics.drop(DropReason::shutdown, left);
 }
 
