@@ -229,5 +229,5 @@ bench_named_dnstap() {
 
 # metric URL NAME: value of a Prometheus metric line (first match; labels allowed in NAME).
 metric() {
-  curl -fsS --max-time 5 "$1" 2>/dev/null | awk -v m="$2" '$1 == m { print $2; exit }'
+  curl -fsS --max-time 5 "$1" 2>/dev/null | awk -v m="$2" '$1 == m && v == "" { v = $2 } END { if (v != "") print v }'
 }

@@ -134,7 +134,6 @@ while IFS= read -r revoke; do
 done <<'EOF'
 REVOKE CONNECT ON DATABASE @DB@ FROM dnstap_writer
 REVOKE TEMPORARY ON DATABASE @DB@ FROM dnstap_writer
-REVOKE CREATE ON DATABASE @DB@ FROM dnstap_writer
 REVOKE USAGE ON SCHEMA dnstap FROM dnstap_writer
 REVOKE CREATE ON SCHEMA dnstap FROM dnstap_writer
 ALTER TABLE dnstap.exchange OWNER TO postgres
