@@ -28,6 +28,8 @@ enum class DropReason : std::size_t {
 };
 std::string_view to_string(DropReason r) noexcept;
 
+enum class ConnectionKind : std::size_t { unix_socket, tcp, count_ };
+
 struct Metrics {
     using Counter = std::atomic<std::uint64_t>;
 
@@ -37,6 +39,8 @@ struct Metrics {
     Counter frames_received{0};        // dnstap data frames read off sockets / files
     Counter bytes_received{0};
     Counter frames_accepted{0};        // handed to a worker queue
+    // Data frames and bytes by the kind of connection they came over.
+    std::array<Counter, static_cast<std::size_t>(ConnectionKind::count_)> connection_frames{}, connection_bytes{};
     std::array<Counter, static_cast<std::size_t>(DropReason::count_)> dropped{};
     // Frames dropped before decode cannot be attributed to a message; messages dropped after
     // decode are counted once per message, so frames_received == messages_stored + sum(dropped).
@@ -61,6 +65,10 @@ struct Metrics {
 
     void drop(DropReason r, std::uint64_t n = 1) noexcept {
         dropped[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);
+    }
+    void count_connection_frame(ConnectionKind kind, std::size_t bytes) noexcept {
+        connection_frames[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+        connection_bytes[static_cast<std::size_t>(kind)].fetch_add(bytes, std::memory_order_relaxed);
     }
     std::uint64_t dropped_total() const noexcept;
     // One line, key=value, for logs and for tests that check the accounting invariant.

@@ -86,8 +86,12 @@ struct TcpListener {
 };
 
 struct Connection {
-    Connection(Socket s, std::string p) : socket(std::move(s)), watchdog(socket.get_executor()), peer(std::move(p)) {}
+    Connection(Socket s, std::string p) : socket(std::move(s)), watchdog(socket.get_executor()), peer(std::move(p)) {
+        error_code ec;
+        kind = socket.local_endpoint(ec).protocol().family() == AF_UNIX ? ConnectionKind::unix_socket : ConnectionKind::tcp;
+    }
     Socket socket;
+    ConnectionKind kind;
     asio::steady_timer watchdog;
     std::string peer;
     bool handshake_done = false;
@@ -185,6 +189,7 @@ awaitable<std::string> serve(State& st, Connection& c, std::uint64_t& frames) {
                 ++frames;
                 st.metrics.frames_received.fetch_add(1, std::memory_order_relaxed);
                 st.metrics.bytes_received.fetch_add(ev.data.size(), std::memory_order_relaxed);
+                st.metrics.count_connection_frame(c.kind, ev.data.size());
                 st.consumer.offer(ev.data);  // counts its own drops
                 break;
             case FrameEvent::Kind::oversized:

@@ -1,6 +1,7 @@
 #include "dnstap_collector/metrics.hpp"
 
 #include <sstream>
+#include <tuple>
 
 namespace dnstap_collector {
 
@@ -59,6 +60,15 @@ std::string Metrics::prometheus() const {
     metric("connections_rejected_total", "counter", "Connections closed for protocol errors.", get(connections_rejected));
     metric("frames_received_total", "counter", "Data frames received.", get(frames_received));
     metric("received_bytes_total", "counter", "Data frame bytes received.", get(bytes_received));
+    for (const auto& [name, help, values] :
+         {std::tuple{"connection_frames_total", "Data frames received, by connection kind.", &connection_frames},
+          std::tuple{"connection_received_bytes_total", "Data frame bytes received, by connection kind.", &connection_bytes}}) {
+        out << "# HELP dnstap_collector_" << name << ' ' << help << '\n'
+            << "# TYPE dnstap_collector_" << name << " counter\n";
+        for (std::size_t i = 0; i < values->size(); ++i)
+            out << "dnstap_collector_" << name << "{kind=\"" << (i == 0 ? "unix" : "tcp") << "\"} " << get((*values)[i])
+                << '\n';
+    }
     metric("frames_accepted_total", "counter", "Frames queued for decoding.", get(frames_accepted));
     out << "# HELP dnstap_collector_dropped_total Messages dropped, by reason.\n"
         << "# TYPE dnstap_collector_dropped_total counter\n";

@@ -90,6 +90,10 @@ s2="$(scrape)"
 delta() { echo $(($(ival "$s2" "$M$1") - B[$1])); }
 log "after $N queries: frames +$(delta frames_received_total) bytes +$(delta received_bytes_total) stored +$(delta messages_stored_total) pairs +$(delta pairs_matched_total) rows +$(delta rows_written_total) batches +$(delta batches_written_total)"
 (($(delta frames_received_total) == 2 * N)) || fail "frames_received_total rose by $(delta frames_received_total), expected $((2 * N))"
+# named writes over the Unix socket: the per-kind counter says so, and TCP saw nothing.
+[[ "$(ival "$s2" "${M}connection_frames_total{kind=\"unix\"}")" == "$(ival "$s2" ${M}frames_received_total)" ]] \
+  || fail "connection_frames_total{kind=\"unix\"} differs from frames_received_total"
+[[ "$(ival "$s2" "${M}connection_frames_total{kind=\"tcp\"}")" == 0 ]] || fail "TCP frames counted with no TCP sender"
 (($(delta messages_stored_total) == 2 * N)) || fail "messages_stored_total rose by $(delta messages_stored_total), expected $((2 * N))"
 (($(delta pairs_matched_total) == N)) || fail "pairs_matched_total rose by $(delta pairs_matched_total), expected $N"
 (($(delta rows_written_total) == N)) || fail "rows_written_total rose by $(delta rows_written_total), expected $N"
