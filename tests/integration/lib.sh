@@ -500,6 +500,47 @@ named_dnstap_stats() {
   printf 'DNSTAPsuccess=%s DNSTAPdropped=%s\n' "${success:-0}" "${dropped:-0}"
 }
 
+# ---------------------------------------------------------------------------------------
+# Other DNS servers as senders (the compat tests)
+
+# wait_answers LABEL PID PORT: until the server LABEL (process PID) answers on 127.0.0.1:PORT
+# (an NXDOMAIN for ready.$ZONE, a name named does not have), or fail after 20 s.
+wait_answers() {
+  local label="$1" pid="$2" port="$3" deadline=$((SECONDS + 20))
+  until dig +time=1 +tries=1 @127.0.0.1 -p "$port" "ready.$ZONE" A 2>/dev/null | grep -q 'status: NXDOMAIN'; do
+    kill -0 "$pid" 2>/dev/null || fail "$label exited during startup"
+    ((SECONDS < deadline)) || fail "$label does not answer on port $port"
+    sleep 0.2
+  done
+  log "$label pid $pid answers"
+}
+
+# send_questions LABEL PORT FILE [QPS]: dnsperf asks every question of FILE once, through
+# 127.0.0.1:PORT; fails unless every one is answered.
+send_questions() {
+  local label="$1" port="$2" file="$3" qps="${4:-1000}" n sent completed
+  n="$(wc -l <"$file")"
+  dnsperf -s 127.0.0.1 -p "$port" -d "$file" -n 1 -c 2 -q 16 -Q "$qps" -t 5 >"$WORK/dnsperf.out" 2>&1 \
+    || { cat "$WORK/dnsperf.out" >&2; fail "dnsperf against $label failed"; }
+  sent="$(awk '/Queries sent:/ {print $3}' "$WORK/dnsperf.out")"
+  completed="$(awk '/Queries completed:/ {print $3}' "$WORK/dnsperf.out")"
+  [[ "$sent" == "$n" && "$completed" == "$n" ]] \
+    || { cat "$WORK/dnsperf.out" >&2; fail "$label: sent $sent, completed $completed of $n"; }
+  log "$label: $n queries answered"
+}
+
+# check_questions_stored LABEL FILE ROWS: the rows selected by ROWS ("dnstap.exchange WHERE
+# ...") hold exactly the questions of FILE (names compared lowercase), once each.
+check_questions_stored() {
+  local label="$1" file="$2" rows="$3"
+  awk '{print tolower($1), $2}' "$file" | sort >"$WORK/expected.txt"
+  psql_value "SELECT qname || ' ' || qtype FROM $rows" | sort >"$WORK/stored.txt"
+  cmp -s "$WORK/expected.txt" "$WORK/stored.txt" || {
+    comm -3 "$WORK/expected.txt" "$WORK/stored.txt" | head -n 10 >&2
+    fail "$label: stored questions differ from those sent"
+  }
+}
+
 require_cmd ss runuser
 touch "$WORK/.pids"
 _start_reaper

@@ -44,23 +44,12 @@ log "starting $(dnsdist --version | head -n 1) on 127.0.0.1 port $PORT in front 
 dnsdist --supervised --disable-syslog -C "$DIR/dnsdist.conf" >"$WORK/dnsdist.log" 2>&1 &
 DNSDIST_PID=$!
 declare -F _track_pid >/dev/null && _track_pid "$DNSDIST_PID"
-deadline=$((SECONDS + 20))
-until dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" "ready.$ZONE" A 2>/dev/null | grep -q 'status: NXDOMAIN'; do
-  kill -0 "$DNSDIST_PID" 2>/dev/null || { DNSDIST_PID=""; fail "dnsdist exited during startup"; }
-  ((SECONDS < deadline)) || fail "dnsdist does not answer on port $PORT"
-  sleep 0.2
-done
-log "dnsdist pid $DNSDIST_PID answers"
+wait_answers dnsdist "$DNSDIST_PID" "$PORT"
 
 make_queries "$WORK/all.txt"
 awk 'NR <= 500' "$WORK/all.txt" >"$WORK/q.txt"
 n="$(wc -l <"$WORK/q.txt")"
-dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/q.txt" -n 1 -c 2 -q 16 -Q 1000 -t 5 >"$WORK/dnsperf.out" 2>&1 \
-  || { cat "$WORK/dnsperf.out" >&2; fail "dnsperf against dnsdist failed"; }
-sent="$(awk '/Queries sent:/ {print $3}' "$WORK/dnsperf.out")"
-completed="$(awk '/Queries completed:/ {print $3}' "$WORK/dnsperf.out")"
-[[ "$sent" == "$n" && "$completed" == "$n" ]] || { cat "$WORK/dnsperf.out" >&2; fail "dnsdist: sent $sent, completed $completed of $n"; }
-log "dnsdist: $n queries answered"
+send_questions dnsdist "$PORT" "$WORK/q.txt" 1000
 
 C="dnstap.exchange WHERE identity = 'dnsdist1' AND qname NOT LIKE 'ready.%'"
 wait_for "(( \$(psql_value \"SELECT count(*) FROM $C AND has_query AND has_response\") >= n ))" 20 || true
@@ -75,12 +64,7 @@ unpaired="$(psql_value "SELECT count(*) FROM $C AND NOT (has_query AND has_respo
 bad="$(psql_value "SELECT count(*) FROM $C AND (kind IS DISTINCT FROM 'client' OR query_type IS DISTINCT FROM 'CQ'
   OR response_type IS DISTINCT FROM 'CR' OR query_address IS DISTINCT FROM '127.0.0.1'::inet OR rcode IS NULL)")"
 ((bad == 0)) || fail "dnsdist1: $bad exchanges not client CQ/CR from 127.0.0.1 with an rcode ($types)"
-awk '{print tolower($1), $2}' "$WORK/q.txt" | sort >"$WORK/expected.txt"
-psql_value "SELECT qname || ' ' || qtype FROM $C" | sort >"$WORK/stored.txt"
-cmp -s "$WORK/expected.txt" "$WORK/stored.txt" || {
-  comm -3 "$WORK/expected.txt" "$WORK/stored.txt" | head -n 10 >&2
-  fail "dnsdist1: stored questions differ from those sent"
-}
+check_questions_stored dnsdist1 "$WORK/q.txt" "$C"
 www="$(psql_value "SELECT answers::text FROM $C AND qname = 'www.example.com' AND qtype = 'A'")"
 [[ "$www" == *192.0.2.80* ]] || fail "dnsdist1: answers of www.example.com A lack 192.0.2.80: $www"
 dups="$(psql_value "SELECT count(*) FROM (SELECT 1 FROM $C GROUP BY qname, qtype, query_port, dns_id HAVING count(*) > 1) d")"

@@ -50,24 +50,13 @@ log "starting kresd $(kresd --version | grep -oE '[0-9]+\.[0-9.]+') on 127.0.0.1
 kresd -n -q -c "$DIR/kresd.conf" "$DIR" >"$WORK/kresd.log" 2>&1 </dev/null &
 KRESD_PID=$!
 declare -F _track_pid >/dev/null && _track_pid "$KRESD_PID"
-deadline=$((SECONDS + 20))
-until dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" "ready.$ZONE" A 2>/dev/null | grep -q 'status: NXDOMAIN'; do
-  kill -0 "$KRESD_PID" 2>/dev/null || { KRESD_PID=""; fail "kresd exited during startup"; }
-  ((SECONDS < deadline)) || fail "kresd does not answer on port $PORT"
-  sleep 0.2
-done
-log "kresd pid $KRESD_PID answers"
+wait_answers kresd "$KRESD_PID" "$PORT"
 
 # Distinct questions, each asked once: every one reaches named.
 make_queries "$WORK/all.txt"
 awk 'NR <= 500' "$WORK/all.txt" >"$WORK/q.txt"
 n="$(wc -l <"$WORK/q.txt")"
-dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/q.txt" -n 1 -c 2 -q 16 -Q 1000 -t 5 >"$WORK/dnsperf.out" 2>&1 \
-  || { cat "$WORK/dnsperf.out" >&2; fail "dnsperf against kresd failed"; }
-sent="$(awk '/Queries sent:/ {print $3}' "$WORK/dnsperf.out")"
-completed="$(awk '/Queries completed:/ {print $3}' "$WORK/dnsperf.out")"
-[[ "$sent" == "$n" && "$completed" == "$n" ]] || { cat "$WORK/dnsperf.out" >&2; fail "kresd: sent $sent, completed $completed of $n"; }
-log "kresd: $n queries answered"
+send_questions kresd "$PORT" "$WORK/q.txt" 1000
 
 C="dnstap.exchange WHERE identity = 'kresd1' AND qname NOT LIKE 'ready.%'"
 wait_for "(( \$(psql_value \"SELECT count(*) FROM $C AND has_query AND has_response\") >= n ))" 20 || true
@@ -84,12 +73,7 @@ unpaired="$(psql_value "SELECT count(*) FROM $C AND NOT (has_query AND has_respo
 bad="$(psql_value "SELECT count(*) FROM $C AND (query_type IS DISTINCT FROM 'CQ' OR response_type IS DISTINCT FROM 'CR'
   OR query_address IS DISTINCT FROM '127.0.0.1'::inet OR rcode IS NULL)")"
 ((bad == 0)) || fail "kresd1: $bad exchanges not CQ/CR from 127.0.0.1 with an rcode ($types)"
-awk '{print tolower($1), $2}' "$WORK/q.txt" | sort >"$WORK/expected.txt"
-psql_value "SELECT qname || ' ' || qtype FROM $C" | sort >"$WORK/stored.txt"
-cmp -s "$WORK/expected.txt" "$WORK/stored.txt" || {
-  comm -3 "$WORK/expected.txt" "$WORK/stored.txt" | head -n 10 >&2
-  fail "kresd1: stored questions differ from those sent"
-}
+check_questions_stored kresd1 "$WORK/q.txt" "$C"
 www="$(psql_value "SELECT answers::text FROM $C AND qname = 'www.example.com' AND qtype = 'A'")"
 [[ "$www" == *192.0.2.80* ]] || fail "kresd1: answers of www.example.com A lack 192.0.2.80: $www"
 dups="$(psql_value "SELECT count(*) FROM (SELECT 1 FROM $C GROUP BY qname, qtype, query_port, dns_id HAVING count(*) > 1) d")"
