@@ -90,7 +90,8 @@ _cleanup() {
   local rc=$?
   set +e
   trap - ERR
-  local name
+  local name pid
+  for pid in "${STOP_AT_EXIT[@]}"; do _terminate "$pid" 10; done
   for name in "${!NAMED_PID[@]}"; do
     [[ -n "${NAMED_PID[$name]}" ]] && _terminate "${NAMED_PID[$name]}" 10
   done
@@ -129,6 +130,14 @@ _start_reaper() {
   disown
 }
 _track_pid() { echo "$1" >>"$WORK/.pids"; }
+
+# stop_at_exit PID: a server a test started itself (unbound, kresd, ...) is stopped by the
+# harness at exit, before named and the collector, like the processes started here.
+STOP_AT_EXIT=()
+stop_at_exit() {
+  STOP_AT_EXIT+=("$1")
+  _track_pid "$1"
+}
 
 # wait_for CMD TIMEOUT: poll CMD (a shell string, may call functions) every 0.1 s until it
 # succeeds; returns 1 after TIMEOUT seconds.

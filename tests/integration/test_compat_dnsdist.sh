@@ -9,14 +9,6 @@ require_cmd dnsdist dnsperf comm
 export LC_ALL=C
 
 DNSDIST_PID=""
-_stop_dnsdist_then_cleanup() {
-  local rc=$?
-  set +e
-  [[ -n "$DNSDIST_PID" ]] && _terminate "$DNSDIST_PID" 10
-  (exit "$rc")
-  _cleanup
-}
-trap _stop_dnsdist_then_cleanup EXIT
 
 start_postgres
 collector_migrate
@@ -43,7 +35,7 @@ dnsdist --check-config -C "$DIR/dnsdist.conf" >"$DIR/check.out" 2>&1 \
 log "starting $(dnsdist --version | head -n 1) on 127.0.0.1 port $PORT in front of named port $NAMED_PORT_"
 dnsdist --supervised --disable-syslog -C "$DIR/dnsdist.conf" >"$WORK/dnsdist.log" 2>&1 &
 DNSDIST_PID=$!
-declare -F _track_pid >/dev/null && _track_pid "$DNSDIST_PID"
+stop_at_exit "$DNSDIST_PID"
 wait_answers dnsdist "$DNSDIST_PID" "$PORT"
 
 make_queries "$WORK/all.txt"

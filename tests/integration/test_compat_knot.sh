@@ -7,14 +7,6 @@ require_cmd knotd knotc dnsperf comm
 export LC_ALL=C
 
 KNOT_PID=""
-_stop_knot_then_cleanup() {
-  local rc=$?
-  set +e
-  [[ -n "$KNOT_PID" ]] && _terminate "$KNOT_PID" 10
-  (exit "$rc")
-  _cleanup
-}
-trap _stop_knot_then_cleanup EXIT
 
 start_postgres
 collector_migrate
@@ -53,7 +45,7 @@ knotc -c "$DIR/knot.conf" conf-check >"$DIR/check.out" 2>&1 \
 log "starting knotd $(knotd --version | grep -oE '[0-9]+\.[0-9.]+') on 127.0.0.1 port $PORT, dnstap -> $COLLECTOR_SOCKET"
 knotd -c "$DIR/knot.conf" >"$WORK/knotd.log" 2>&1 &
 KNOT_PID=$!
-declare -F _track_pid >/dev/null && _track_pid "$KNOT_PID"
+stop_at_exit "$KNOT_PID"
 deadline=$((SECONDS + 20))
 until dig +norec +time=1 +tries=1 @127.0.0.1 -p "$PORT" "ready.$ZONE" A 2>/dev/null | grep -q 'status: NXDOMAIN'; do
   kill -0 "$KNOT_PID" 2>/dev/null || { KNOT_PID=""; fail "knotd exited during startup"; }

@@ -9,14 +9,6 @@ require_cmd kresd dnsperf comm
 export LC_ALL=C
 
 KRESD_PID=""
-_stop_kresd_then_cleanup() {
-  local rc=$?
-  set +e
-  [[ -n "$KRESD_PID" ]] && _terminate "$KRESD_PID" 10
-  (exit "$rc")
-  _cleanup
-}
-trap _stop_kresd_then_cleanup EXIT
 
 start_postgres
 collector_migrate
@@ -49,7 +41,7 @@ EOF
 log "starting kresd $(kresd --version | grep -oE '[0-9]+\.[0-9.]+') on 127.0.0.1 port $PORT, stub to named port $NAMED_PORT_"
 kresd -n -q -c "$DIR/kresd.conf" "$DIR" >"$WORK/kresd.log" 2>&1 </dev/null &
 KRESD_PID=$!
-declare -F _track_pid >/dev/null && _track_pid "$KRESD_PID"
+stop_at_exit "$KRESD_PID"
 wait_answers kresd "$KRESD_PID" "$PORT"
 
 # Distinct questions, each asked once: every one reaches named.

@@ -9,14 +9,6 @@ require_cmd pdns_recursor dnsperf comm
 export LC_ALL=C
 
 PDNS_PID=""
-_stop_pdns_then_cleanup() {
-  local rc=$?
-  set +e
-  [[ -n "$PDNS_PID" ]] && _terminate "$PDNS_PID" 10
-  (exit "$rc")
-  _cleanup
-}
-trap _stop_pdns_then_cleanup EXIT
 
 start_postgres
 collector_migrate
@@ -56,7 +48,7 @@ EOF
 log "starting $(pdns_recursor --version 2>&1 | grep -oE 'PowerDNS Recursor [0-9.]+') on 127.0.0.1 port $PORT, forwarding to named port $NAMED_PORT_"
 pdns_recursor --config-dir="$DIR" --disable-syslog >"$WORK/pdns-recursor.log" 2>&1 </dev/null &
 PDNS_PID=$!
-declare -F _track_pid >/dev/null && _track_pid "$PDNS_PID"
+stop_at_exit "$PDNS_PID"
 wait_answers pdns_recursor "$PDNS_PID" "$PORT"
 
 make_queries "$WORK/all.txt"

@@ -13,17 +13,6 @@ require_cmd unbound unbound-checkconf dnsperf comm
 export LC_ALL=C
 
 declare -A UNBOUND_PID=()
-# Unbound is not known to the harness's cleanup: stop it first on every exit path.
-_stop_unbound_then_cleanup() {
-  local rc=$? n
-  set +e
-  for n in "${!UNBOUND_PID[@]}"; do
-    [[ -n "${UNBOUND_PID[$n]}" ]] && _terminate "${UNBOUND_PID[$n]}" 10
-  done
-  (exit "$rc")
-  _cleanup
-}
-trap _stop_unbound_then_cleanup EXIT
 
 # start_unbound NAME PORT FORWARD_PORT DNSTAP_DESTINATION_LINES: unbound resolving on
 # 127.0.0.1:PORT, forwarding everything to 127.0.0.1@FORWARD_PORT, dnstap identity NAME.
@@ -73,7 +62,7 @@ EOF
   log "starting unbound '$name' on 127.0.0.1 port $port, forwarding $ZONE to port $fwd"
   unbound -d -c "$dir/unbound.conf" >"$WORK/unbound-$name.log" 2>&1 &
   UNBOUND_PID[$name]=$!
-  declare -F _track_pid >/dev/null && _track_pid "${UNBOUND_PID[$name]}"
+  stop_at_exit "${UNBOUND_PID[$name]}"
   local deadline=$((SECONDS + 20))
   until dig +time=1 +tries=1 @127.0.0.1 -p "$port" "ready-$name.$ZONE" A 2>/dev/null | grep -q 'status: NXDOMAIN'; do
     kill -0 "${UNBOUND_PID[$name]}" 2>/dev/null || { UNBOUND_PID[$name]=""; fail "unbound '$name' exited during startup"; }
