@@ -50,6 +50,11 @@ public:
         if (pool_) taken = pool_->offer(frame) || taken;
         return taken;
     }
+    void offer_all(std::span<const std::span<const std::uint8_t>> frames) override {
+        if (file_)
+            for (const auto frame : frames) file_->offer(frame);
+        if (pool_) pool_->offer_all(frames);
+    }
 private:
     FileSink* file_;
     WorkerPool* pool_;

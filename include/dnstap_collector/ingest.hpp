@@ -22,6 +22,10 @@ public:
     virtual ~FrameConsumer() = default;
     // Copies the payload if it accepts it; false means dropped (and already counted).
     virtual bool offer(std::span<const std::uint8_t> frame) = 0;
+    // The data frames of one read, in order. A consumer with queues takes them in one go.
+    virtual void offer_all(std::span<const std::span<const std::uint8_t>> frames) {
+        for (const auto frame : frames) offer(frame);
+    }
 };
 
 struct UnixListenerOptions {

@@ -66,8 +66,8 @@ struct Metrics {
     void drop(DropReason r, std::uint64_t n = 1) noexcept {
         dropped[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);
     }
-    void count_connection_frame(ConnectionKind kind, std::size_t bytes) noexcept {
-        connection_frames[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+    void count_connection_frames(ConnectionKind kind, std::uint64_t frames, std::uint64_t bytes) noexcept {
+        connection_frames[static_cast<std::size_t>(kind)].fetch_add(frames, std::memory_order_relaxed);
         connection_bytes[static_cast<std::size_t>(kind)].fetch_add(bytes, std::memory_order_relaxed);
     }
     std::uint64_t dropped_total() const noexcept;

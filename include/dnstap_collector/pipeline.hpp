@@ -44,7 +44,8 @@ private:
 
 struct PipelineOptions {
     unsigned workers = 0;                 // 0: number of cores
-    std::size_t queue_frames = 131'072;   // per pool, split across workers (~350 bytes each)
+    std::size_t queue_frames = 131'072;   // per pool, split across workers
+    std::size_t queue_bytes = 64u << 20;  // and at most this many payload bytes (large frames)
     PairOptions pairing;
     PrivacyOptions privacy;
     bool decode = true;                   // false: frames are counted as stored and discarded
@@ -59,8 +60,11 @@ public:
     WorkerPool& operator=(const WorkerPool&) = delete;
 
     bool offer(std::span<const std::uint8_t> frame) override;
+    // The frames of one read: copied into one buffer per worker, one lock per worker.
+    void offer_all(std::span<const std::span<const std::uint8_t>> frames) override;
     // Like offer() but waits for room instead of dropping: for `import`, where the input is a
-    // file and nobody must be kept from waiting.
+    // file and nobody must be kept from waiting. Frames are handed over in batches; a frame
+    // may wait for company until drain_and_stop(). One waiting producer at a time.
     void push_wait(std::span<const std::uint8_t> frame);
     // Stops accepting, processes every queued frame, flushes every pairing table.
     void drain_and_stop();

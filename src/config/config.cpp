@@ -189,6 +189,8 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { c.pipeline.workers = parse_number<unsigned>(v, "workers", 1, 256); }},
         {"queue-frames", 0, "pipeline.queue_frames", true, "frames waiting for workers before drops (default 131072)",
          [](Config& c, const std::string& v) { c.pipeline.queue_frames = parse_number<std::size_t>(v, "queue frames", 1, 1u << 28); }},
+        {"queue-bytes", 0, "pipeline.queue_bytes", true, "payload bytes waiting for workers before drops (default 67108864)",
+         [](Config& c, const std::string& v) { c.pipeline.queue_bytes = parse_number<std::size_t>(v, "queue bytes", 1u << 20, std::size_t{1} << 40); }},
         {"query-timeout", 0, "pipeline.query_timeout", true, "seconds a query waits for its response (default 10)",
          [](Config& c, const std::string& v) { c.pipeline.pairing.query_timeout = parse_seconds(v, "query timeout"); }},
         {"response-grace", 0, "pipeline.response_grace", true, "seconds a response waits for its query (default 1)",
