@@ -51,8 +51,7 @@ public:
         return taken;
     }
     void offer_all(std::span<const std::span<const std::uint8_t>> frames) override {
-        if (file_)
-            for (const auto frame : frames) file_->offer(frame);
+        if (file_) file_->offer_all(frames);
         if (pool_) pool_->offer_all(frames);
     }
 private:

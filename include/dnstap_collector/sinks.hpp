@@ -97,6 +97,8 @@ public:
     ~FileSink();
     void start();
     bool offer(std::span<const std::uint8_t> frame);  // never blocks
+    // The frames of one read, under one lock; returns how many were taken (the rest counted).
+    std::size_t offer_all(std::span<const std::span<const std::uint8_t>> frames);
     void rotate();   // SIGUSR1: finish the file and open the next
     void reopen();   // SIGHUP: same as rotate (log rotation tools moved the file)
     void stop();     // finishes the file with STOP

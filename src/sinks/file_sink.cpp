@@ -20,6 +20,8 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <mutex>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -33,14 +35,15 @@
 namespace dnstap_collector {
 namespace {
 
-// A frame the file could not take: a dropped message when the file is the store, else only a
-// gap in the copy (the database still has it), counted apart.
-void lost(Metrics& metrics, bool file_is_the_store) {
-    if (file_is_the_store) metrics.drop(DropReason::sink_full);
-    else metrics.file_frames_dropped.fetch_add(1, std::memory_order_relaxed);
+// Frames the file could not take: dropped messages when the file is the store, else only a
+// gap in the copy (the database still has them), counted apart.
+void lost(Metrics& metrics, bool file_is_the_store, std::uint64_t n = 1) {
+    if (file_is_the_store) metrics.drop(DropReason::sink_full, n);
+    else metrics.file_frames_dropped.fetch_add(n, std::memory_order_relaxed);
 }
 
 constexpr std::size_t queue_frames = 65'536;
+constexpr std::size_t queue_bytes = 32u << 20;
 constexpr std::size_t stdio_buffer = 256 * 1024;
 constexpr auto flush_interval = std::chrono::seconds(1);
 constexpr auto poll_interval = std::chrono::milliseconds(200);  // latency of rotate() and splits
@@ -62,7 +65,9 @@ struct FileSink::Impl {
 
     FileSinkOptions options;
     Metrics& metrics;
-    BoundedQueue<std::vector<std::uint8_t>> queue{queue_frames};
+    FrameBatchQueue queue{queue_frames, queue_bytes};
+    std::mutex offer_mutex;
+    FrameBatch staged;  // under offer_mutex
     std::thread thread;
     std::atomic<bool> running{false};
     std::atomic<bool> rotate_requested{false};
@@ -161,7 +166,7 @@ struct FileSink::Impl {
         }
     }
 
-    void write_frame(const std::vector<std::uint8_t>& frame) {
+    void write_frame(std::span<const std::uint8_t> frame) {
         if (!file) {
             lost(metrics, options.is_store);
             return;
@@ -192,18 +197,18 @@ struct FileSink::Impl {
     }
 
     void run() {
-        std::vector<std::vector<std::uint8_t>> batch;
+        std::vector<FrameBatch> batches;
         for (;;) {
-            batch.clear();
-            const bool open = queue.pop_all(batch, poll_interval);
-            for (const auto& frame : batch) write_frame(frame);
+            const bool open = queue.pop_all(batches, poll_interval);
+            for (const auto& batch : batches)
+                for (std::size_t i = 0; i < batch.frames(); ++i) write_frame(batch.frame(i));
 
             const std::time_t now = std::time(nullptr);
             if (rotate_requested.exchange(false)) roll(now);
             else if (options.split_seconds > 0 && now >= next_split) roll(now);
             else if (!file) roll(now);  // retry after a failed open
 
-            if (batch.empty() || std::chrono::steady_clock::now() - last_flush >= flush_interval) flush();
+            if (batches.empty() || std::chrono::steady_clock::now() - last_flush >= flush_interval) flush();
             if (!open) break;
         }
         finish();
@@ -230,13 +235,22 @@ void FileSink::start() {
     });
 }
 
-bool FileSink::offer(std::span<const std::uint8_t> frame) {
-    if (!impl_->running.load(std::memory_order_relaxed) || frame.empty() ||
-        !impl_->queue.try_push(std::vector<std::uint8_t>(frame.begin(), frame.end()))) {
-        lost(impl_->metrics, impl_->options.is_store);
-        return false;
+bool FileSink::offer(std::span<const std::uint8_t> frame) { return offer_all({&frame, 1}) == 1; }
+
+std::size_t FileSink::offer_all(std::span<const std::span<const std::uint8_t>> frames) {
+    if (!impl_->running.load(std::memory_order_relaxed)) {
+        lost(impl_->metrics, impl_->options.is_store, frames.size());
+        return 0;
     }
-    return true;
+    std::size_t taken = 0;
+    {
+        std::lock_guard lock(impl_->offer_mutex);
+        for (const auto frame : frames)
+            if (!frame.empty()) impl_->staged.add(frame);  // length 0 is the control escape
+        if (!impl_->staged.empty()) taken = impl_->queue.push(impl_->staged);
+    }
+    if (taken < frames.size()) lost(impl_->metrics, impl_->options.is_store, frames.size() - taken);
+    return taken;
 }
 
 void FileSink::rotate() { impl_->rotate_requested.store(true); }
