@@ -473,41 +473,88 @@ std::string rdata_target_name(std::uint16_t type, std::string_view rdata) {
     return stored_name(target);
 }
 
+namespace {
+
+// stored_name into a reused string: no allocation once it has grown, when the name is
+// printable ASCII (nearly always).
+void stored_name_into(std::string& out, std::string_view presentation) {
+    if (!printable_ascii(presentation, false)) {
+        out = stored_name(presentation);
+        return;
+    }
+    out.assign(presentation.substr(0, without_final_dot(presentation)));
+    for (char& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+}
+
+void sanitized_into(std::string& out, std::string_view raw, bool escape_backslash) {
+    if (printable_ascii(raw, escape_backslash)) out.assign(raw);
+    else out = sanitize_text(raw, escape_backslash);
+}
+
+}  // namespace
+
 void PdnsAggregate::add(const Exchange& e) {
     if (!e.response || !e.response->response) return;
     const DnsMessage& r = *e.response->response;
     if (r.answers.empty()) return;
     std::int64_t t = e.response->response_time_ns >= 0 ? ns_to_us(e.response->response_time_ns)
                                                        : exchange_time_us(e);
-    std::string sensor = sanitize_text(e.response->identity, true);
-    std::string bailiwick = e.response->query_zone.empty() ? std::string()
-                                                           : stored_name(e.response->query_zone);
+    // Scratch strings reused across calls: a key already in the map costs no allocation.
+    thread_local PdnsKey key;
+    thread_local std::string sensor, bailiwick;
+    sanitized_into(sensor, e.response->identity, true);
+    if (e.response->query_zone.empty()) bailiwick.clear();
+    else stored_name_into(bailiwick, e.response->query_zone);
     for (const auto& rr : r.answers) {
         if (rr.rclass != 1) continue;  // IN only: other classes are not passive DNS data
-        PdnsKey key{stored_name(rr.name), type_text(rr.type), {}};
+        stored_name_into(key.rrname, rr.name);
+        key.rrtype.assign(type_text(rr.type));
         // Lone-name rdata (CNAME, NS, PTR, DNAME) is stored like owner names so pdns_rdata can
         // look it up by name.
-        if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) key.rdata = stored_name(rr.rdata);
-        else key.rdata = sanitize_text(rr.rdata, false);
+        if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) stored_name_into(key.rdata, rr.rdata);
+        else sanitized_into(key.rdata, rr.rdata, false);
         // The unique btree index takes rows up to ~2.7 kB; longer records (big TXT) would fail
         // the whole upsert, so they stay out of pdns (they remain in exchange.answers).
         if (key.rrname.size() + key.rdata.size() > 2000) continue;
-        auto [it, fresh] = entries_.try_emplace(std::move(key));
-        PdnsValue& v = it->second;
-        if (fresh) {
+        auto it = entries_.find(key);
+        if (it == entries_.end()) {
+            it = entries_.try_emplace(key).first;
+            PdnsValue& v = it->second;
             v.first_us = v.last_us = t;
             v.rdata_name = rdata_target_name(rr.type, it->first.rdata);
         } else {
+            PdnsValue& v = it->second;
             v.first_us = std::min(v.first_us, t);
             v.last_us = std::max(v.last_us, t);
         }
+        PdnsValue& v = it->second;
         ++v.count;
-        if (!bailiwick.empty()) v.bailiwick = bailiwick;
-        if (!sensor.empty()) v.sensor_id = sensor;
+        if (!bailiwick.empty() && v.bailiwick != bailiwick) v.bailiwick = bailiwick;
+        if (!sensor.empty() && v.sensor_id != sensor) v.sensor_id = sensor;
     }
 }
 
-std::size_t PdnsKeyHash::operator()(const PdnsKey& k) const noexcept {
+void PdnsAggregate::merge(PdnsAggregate&& later) {
+    if (entries_.empty()) {
+        entries_.swap(later.entries_);
+        later.entries_.clear();
+        return;
+    }
+    entries_.merge(later.entries_);  // moves the nodes of keys new here; the others stay
+    for (auto& [key, v] : later.entries_) {
+        PdnsValue& d = entries_.find(key)->second;
+        d.first_us = std::min(d.first_us, v.first_us);
+        d.last_us = std::max(d.last_us, v.last_us);
+        d.count += v.count;
+        if (!v.bailiwick.empty()) d.bailiwick = std::move(v.bailiwick);
+        if (!v.sensor_id.empty()) d.sensor_id = std::move(v.sensor_id);
+        if (d.rdata_name.empty()) d.rdata_name = std::move(v.rdata_name);
+    }
+    later.entries_.clear();
+}
+
+std::size_t PdnsKeyHash::operator()(const PdnsKey& k) const {
     std::hash<std::string_view> h;
     std::size_t x = h(k.rrname);
     x ^= h(k.rrtype) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
@@ -592,10 +639,12 @@ EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns) {
 }
 
 EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
-                          std::span<const Exchange> more) {
+                          std::span<const Exchange> more, bool pdns_as_map, std::string buffer) {
     std::size_t n = more.size();
     for (const auto& c : chunks) n += c.size();
     EncodedBatch out;
+    out.rows = std::move(buffer);
+    out.rows.clear();
     out.rows.reserve(n * 320);  // typical rows are 250..400 bytes
     out.row_end.reserve(n);
     out.messages.reserve(n);
@@ -609,8 +658,41 @@ EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool wi
         for (const auto& e : c) add(e);
     for (const auto& e : more) add(e);
     if (with_pdns && !pdns.empty()) {
-        out.pdns_rows = pdns.encode();
-        out.pdns_count = static_cast<std::uint32_t>(pdns.entries().size());
+        if (pdns_as_map) {
+            out.pdns_map = std::move(pdns);
+        } else {
+            out.pdns_rows = pdns.encode();
+            out.pdns_count = static_cast<std::uint32_t>(pdns.entries().size());
+        }
+    }
+    return out;
+}
+
+void EncodedBatch::encode_pdns() {
+    if (pdns_map.empty()) return;
+    pdns_rows = pdns_map.encode();
+    pdns_count = static_cast<std::uint32_t>(pdns_map.size());
+    pdns_format = 2;
+    pdns_map.clear();
+}
+
+EncodedBatch EncodedBatch::concat(std::span<const EncodedBatch> parts) {
+    EncodedBatch out;
+    std::size_t bytes = 0, rows = 0;
+    for (const auto& p : parts) {
+        bytes += p.rows.size();
+        rows += p.size();
+    }
+    out.rows.reserve(bytes);
+    out.row_end.reserve(rows);
+    out.messages.reserve(rows);
+    out.times_us.reserve(rows);
+    for (const auto& p : parts) {
+        auto base = static_cast<std::uint32_t>(out.rows.size());
+        out.rows += p.rows;
+        for (std::uint32_t end : p.row_end) out.row_end.push_back(base + end);
+        out.messages.insert(out.messages.end(), p.messages.begin(), p.messages.end());
+        out.times_us.insert(out.times_us.end(), p.times_us.begin(), p.times_us.end());
     }
     return out;
 }

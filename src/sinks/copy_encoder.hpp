@@ -89,15 +89,23 @@ struct PdnsValue {
 // "\# len hex" form.
 std::string rdata_target_name(std::uint16_t type, std::string_view rdata_presentation);
 struct PdnsKeyHash {
-    std::size_t operator()(const PdnsKey& k) const noexcept;
+    // Not noexcept on purpose: libstdc++ then caches each node's hash, so rehashing and
+    // merging aggregates do not hash three strings again, and chain walks compare hashes
+    // before keys.
+    std::size_t operator()(const PdnsKey& k) const;
 };
 class PdnsAggregate {
 public:
     using Map = std::unordered_map<PdnsKey, PdnsValue, PdnsKeyHash>;
     // Answer-section records of the exchange's response, if any.
     void add(const Exchange& e);
+    // Adds another aggregate, taken to be later (its bailiwick and sensor win); moves its
+    // entries rather than copying them, and leaves it empty.
+    void merge(PdnsAggregate&& later);
     const Map& entries() const noexcept { return entries_; }
     bool empty() const noexcept { return entries_.empty(); }
+    std::size_t size() const noexcept { return entries_.size(); }
+    void clear() noexcept { entries_.clear(); }
     // COPY rows (no header/trailer) in the staging table's column order, see
     // pdns_stage_columns; sorted by key.
     std::string encode() const;
@@ -120,6 +128,9 @@ struct EncodedBatch {
     std::string pdns_rows;                   // pdns staging COPY rows, no header/trailer
     std::uint32_t pdns_count = 0;
     std::uint8_t pdns_format = 2;            // 1: pdns_stage_columns_v1 (old spool files)
+    // Not yet encoded pdns rows (encode_batch with pdns_as_map): the writer merges them over
+    // a whole transaction; encode_pdns() turns them into pdns_rows.
+    PdnsAggregate pdns_map;
 
     std::size_t size() const noexcept { return row_end.size(); }
     std::uint64_t message_total() const noexcept;
@@ -129,12 +140,21 @@ struct EncodedBatch {
     std::string pdns_payload() const;
     // The rows whose flag is false, and the pdns part when keep_pdns.
     EncodedBatch subset(const std::vector<bool>& done, bool keep_pdns) const;
+    // pdns_map -> pdns_rows (appended to what is there is not supported: pdns_rows must be
+    // empty); leaves pdns_map empty.
+    void encode_pdns();
+    // The rows of several batches, in order, as one (pdns parts are left out).
+    static EncodedBatch concat(std::span<const EncodedBatch> parts);
 };
 
 EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns);
-// The same over several vectors, as the sink's queue holds them.
+// The same over several vectors, as the sink's queue holds them. With pdns_as_map the pdns
+// aggregate is left in pdns_map, not encoded.
+// `buffer`: storage for the rows to reuse (its capacity; contents are dropped), e.g. the rows
+// of a batch already committed, so that each batch does not fault in fresh pages.
 EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
-                          std::span<const Exchange> more = {});
+                          std::span<const Exchange> more = {}, bool pdns_as_map = false,
+                          std::string buffer = {});
 void append_exchange(const Exchange& e, EncodedBatch& out);
 
 }  // namespace dnstap_collector::copy

@@ -117,6 +117,20 @@ void PartitionManager::ensure_rows(pg::Connection& c, std::span<const std::int64
     }
 }
 
+bool PartitionManager::covers(std::span<const std::int64_t> times_us) const {
+    // Rows come in time order: check each period once.
+    std::int64_t last = -1;
+    bool have_last = false;
+    for (std::int64_t t : times_us) {
+        std::int64_t s = period_start(floor_div(t, 1'000'000), width_);
+        if (have_last && s == last) continue;
+        if (!known_.contains(s)) return false;
+        last = s;
+        have_last = true;
+    }
+    return true;
+}
+
 void PartitionManager::maintain(pg::Connection& c, std::int64_t now) {
     std::int64_t s = period_start(now, width_);
     for (int i = 0; i <= ahead_; ++i) {

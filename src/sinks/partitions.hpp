@@ -31,6 +31,8 @@ public:
 
     // Creates what is missing for these row times (unix microseconds).
     void ensure_rows(pg::Connection& c, std::span<const std::int64_t> times_us);
+    // True when every row's partition is known to exist (no DDL needed before its COPY).
+    bool covers(std::span<const std::int64_t> times_us) const;
     // The current period and `ahead` more; then retention. Hourly and at every connect.
     void maintain(pg::Connection& c, std::int64_t now_unix_seconds);
     // After a reconnect or a "no partition" error the cache may be stale.

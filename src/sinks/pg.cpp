@@ -268,24 +268,38 @@ Result Connection::exec_params(const char* sql, const std::vector<std::optional<
 }
 
 void Connection::copy_in(const std::string& sql, std::initializer_list<std::string_view> pieces) {
+    copy_begin(sql);
+    for (std::string_view data : pieces) copy_put(data, false);
+    copy_end();
+}
+
+void Connection::copy_begin(const std::string& sql) {
     std::string what = label(sql);
     begin(what);
     if (!PQsendQuery(c_, sql.c_str())) fail_send(what);
     finish(collect(what), what);  // PGRES_COPY_IN
+}
+
+void Connection::copy_put(std::string_view data, bool flush) {
+    // The stall limit counts from the last progress, not from the start of a COPY that
+    // stays open across batches.
+    sent_at_ = Clock::now();
     // Large chunks: libpq buffers what it cannot send at once; await() flushes it (within
     // the bounds) before the next chunk, so its buffer stays at about one chunk.
     constexpr std::size_t chunk = 1 << 20;
-    for (std::string_view data : pieces) {
-        for (std::size_t off = 0; off < data.size(); off += chunk) {
-            std::size_t n = std::min(chunk, data.size() - off);
-            int rc;
-            while ((rc = PQputCopyData(c_, data.data() + off, static_cast<int>(n))) == 0) await(what);
-            if (rc < 0) fail_send("COPY");
-            if (n == chunk) await(what);  // small pieces (header, trailer) just join the buffer
-        }
+    for (std::size_t off = 0; off < data.size(); off += chunk) {
+        std::size_t n = std::min(chunk, data.size() - off);
+        int rc;
+        while ((rc = PQputCopyData(c_, data.data() + off, static_cast<int>(n))) == 0) await("COPY");
+        if (rc < 0) fail_send("COPY");
+        if (n == chunk) await("COPY");  // small pieces (header, trailer) just join the buffer
     }
+    if (flush) await("COPY");
+}
+
+void Connection::copy_end() {
     int rc;
-    while ((rc = PQputCopyEnd(c_, nullptr)) == 0) await(what);
+    while ((rc = PQputCopyEnd(c_, nullptr)) == 0) await("COPY");
     if (rc < 0) fail_send("COPY");
     // The COPY's own result carries the error (e.g. a rejected row).
     finish(collect("COPY"), "COPY");

@@ -108,6 +108,14 @@ public:
     void copy_in(const std::string& sql, std::string_view data) { copy_in(sql, {data}); }
     // The same with the payload in pieces (header, rows, trailer: no copy into one buffer).
     void copy_in(const std::string& sql, std::initializer_list<std::string_view> pieces);
+    // A COPY ... FROM STDIN kept open across calls, so that rows stream to the server as they
+    // are encoded: copy_begin, any number of copy_put, then copy_end (which throws when the
+    // server rejected a row: it reports errors only at the end of the COPY).
+    void copy_begin(const std::string& sql);
+    // Sends `data`; with flush, returns once libpq holds none of it (the server has it or
+    // the kernel's socket buffer does), so nothing lingers while the caller waits for more.
+    void copy_put(std::string_view data, bool flush = true);
+    void copy_end();
     // ROLLBACK that never throws: used on error paths where the transaction may be dead.
     void rollback() noexcept;
 

@@ -469,3 +469,61 @@ TEST_CASE("partition periods and names", "[partitions]") {
     CHECK_FALSE(parse_partition_name("exchange_p20231341"));
     CHECK_FALSE(parse_partition_name("exchange_default"));
 }
+
+TEST_CASE("pdns aggregates merge over a transaction like one aggregate", "[copy][pdns]") {
+    Exchange e;
+    e.response = response_message();
+    e.response->identity = "sensor-1";
+    e.response->response->answers.push_back(ResourceRecord{"alias.example.com", 5, 1, 60, "www.example.com."});
+    Exchange later = e;
+    later.response->response_time_ns += 7'000'000'000;
+    later.response->identity = "sensor-2";
+    later.response->response->answers.push_back(ResourceRecord{"www.example.com", 28, 1, 60, "2001:db8::1"});
+
+    PdnsAggregate one, first, second;
+    for (const Exchange* x : {&e, &e, &later}) one.add(*x);
+    first.add(e);
+    first.add(e);
+    second.add(later);
+    PdnsAggregate merged;
+    merged.merge(std::move(first));  // into an empty one: taken whole
+    merged.merge(std::move(second));
+    CHECK(first.empty());
+    CHECK(second.empty());
+    REQUIRE(merged.size() == 3);
+    CHECK(merged.encode() == one.encode());
+    auto it = merged.entries().find(PdnsKey{"www.example.com", "A", "192.0.2.80"});
+    REQUIRE(it != merged.entries().end());
+    CHECK(it->second.count == 3);
+    CHECK(it->second.sensor_id == "sensor-2");  // the later one
+    CHECK(it->second.last_us == (t0_ns + 1'500'000 + 7'000'000'000) / 1000);
+
+    // encode_batch can leave the aggregate unencoded for the writer to merge.
+    std::vector<std::vector<Exchange>> chunks{{e, later}};
+    EncodedBatch b = encode_batch(chunks, true, {}, true);
+    CHECK(b.pdns_count == 0);
+    CHECK(b.pdns_rows.empty());
+    CHECK(b.pdns_map.size() == 3);
+    b.encode_pdns();
+    CHECK(b.pdns_count == 3);
+    CHECK(b.pdns_map.empty());
+    CHECK(b.pdns_rows == encode_batch(chunks, true).pdns_rows);
+}
+
+TEST_CASE("encoded batches concatenate by rows", "[copy]") {
+    std::vector<Exchange> a(2), c(1);
+    for (auto& e : a) e.query = query_message();
+    a[1].response = response_message();
+    c[0].response = response_message();
+    EncodedBatch x = encode_batch(a, false), y = encode_batch(c, false);
+    std::vector<EncodedBatch> parts;
+    parts.push_back(x);
+    parts.push_back(y);
+    EncodedBatch all = EncodedBatch::concat(parts);
+    REQUIRE(all.size() == 3);
+    CHECK(all.rows == x.rows + y.rows);
+    CHECK(all.message_total() == x.message_total() + y.message_total());
+    CHECK(all.copy_payload(2, 3) == y.copy_payload(0, 1));
+    CHECK(all.copy_payload(0, 2) == x.copy_payload(0, 2));
+    CHECK(all.times_us[2] == y.times_us[0]);
+}
