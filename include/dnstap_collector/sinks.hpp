@@ -45,6 +45,10 @@ struct PostgresOptions {
     std::string conninfo;                                 // libpq conninfo or URI; PG* env also works
     std::size_t batch_rows = 20'000;                      // flush at this many rows...
     std::chrono::milliseconds flush_interval{250};        // ...or this long after the first row
+    // Batches stream into one open COPY (one transaction, one pdns merge) for up to this
+    // long before COMMIT: rows are visible at most flush_interval + commit_interval after
+    // they arrive (plus the COMMIT itself).
+    std::chrono::milliseconds commit_interval{500};
     std::size_t queue_rows = 50'000;                      // rows waiting for the writer (~1.5 KB each)
     PartitionWidth partition_width = PartitionWidth::day;
     int partitions_ahead = 3;

@@ -220,6 +220,8 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { pg(c).batch_rows = parse_number<std::size_t>(v, "batch rows", 1, 10'000'000); }},
         {"flush-interval", 0, "postgres.flush_interval", true, "seconds before a partial batch is written (default 0.25)",
          [](Config& c, const std::string& v) { pg(c).flush_interval = parse_seconds(v, "flush interval"); }},
+        {"commit-interval", 0, "postgres.commit_interval", true, "seconds batches stream into one transaction before COMMIT (default 0.5)",
+         [](Config& c, const std::string& v) { pg(c).commit_interval = parse_seconds(v, "commit interval"); }},
         {"partition", 0, "postgres.partition", true, "partition width: day or hour (default day)",
          [](Config& c, const std::string& v) {
              if (v == "day") pg(c).partition_width = PartitionWidth::day;

@@ -1,7 +1,11 @@
 // PostgresSink: a bounded queue in front of an encoder thread (batches of exchanges -> binary
-// COPY) and a writer thread that commits each batch (exchange rows + pdns upsert) in one
-// transaction; the encoder works on the next batch while the writer waits on the database.
-// When the database is away, batches go to the spool and are replayed when it is back.
+// COPY) and a writer thread. The writer keeps one transaction with one COPY open across
+// encoded batches, streaming each batch's rows as it comes, for up to commit_interval; then
+// it ends the COPY, merges the passive-DNS aggregate of the whole transaction (one staging
+// COPY, one INSERT ... ON CONFLICT) and commits: exchange rows and their pdns counts commit
+// together. The encoder works on the next batch while the writer waits on the database.
+// A transaction that fails is retried through the per-batch path (whole, then rows in halves);
+// when the database is away, batches go to the spool and are replayed when it is back.
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -41,6 +45,9 @@ constexpr auto write_stall_limit = 60s;
 // After a cancel (stall or shutdown deadline), how long to wait for the server's answer
 // before giving the connection up with the outcome unknown.
 constexpr auto cancel_grace = 2s;
+// Encoded rows one transaction may hold before it commits (they are kept until COMMIT, to
+// retry or spool them).
+constexpr std::size_t txn_max_bytes = 32u << 20;
 
 constexpr const char* create_stage_sql =
     "CREATE TEMP TABLE IF NOT EXISTS pdns_stage (rrname text, rrtype text, rdata text, rdata_ip inet,"
@@ -117,6 +124,9 @@ struct PostgresSink::Impl {
     // encodes batch N+1 while the writer waits on the database for batch N.
     static constexpr std::size_t encoded_depth = 2;
     std::deque<copy::EncodedBatch> encoded;
+    // Row buffers of committed batches, handed back to the encoder (fewer fresh pages).
+    static constexpr std::size_t spare_max = 2;
+    std::vector<std::string> spare;
     bool encoder_done = false;
     std::condition_variable has_encoded, encoded_room;
 
@@ -130,10 +140,20 @@ struct PostgresSink::Impl {
     bool lost_logged = false;
     Clock::time_point next_maintenance{};
     log::RateLimit reject_log{std::chrono::seconds(10)};
+    // The transaction being streamed (writer thread): its batches, kept until COMMIT, and the
+    // pdns aggregate merged over all of them.
+    struct Txn {
+        bool open = false;  // BEGIN and COPY sent
+        Clock::time_point started{}, commit_at{};
+        std::vector<copy::EncodedBatch> batches;
+        std::size_t bytes = 0;
+        copy::PdnsAggregate pdns;
+        bool active() const noexcept { return !batches.empty(); }
+    } txn;
     // Where the writer's time goes (logged at debug level when it stops).
     struct Phases {
         Clock::duration wait{}, encode{}, partitions{}, copy{}, pdns{}, upsert{}, commit{}, spool{};
-        std::uint64_t batches = 0, rows = 0;
+        std::uint64_t batches = 0, rows = 0, transactions = 0;
     } phases;
     struct Timer {
         Clock::duration& into;
@@ -398,6 +418,107 @@ struct PostgresSink::Impl {
         }
     }
 
+    // --- streaming transaction ---
+
+    void reset_txn() {
+        txn.open = false;
+        {
+            std::lock_guard lock(mu);
+            for (auto& b : txn.batches)
+                if (spare.size() < spare_max && b.rows.capacity() > 0 && b.rows.capacity() <= (16u << 20))
+                    spare.push_back(std::move(b.rows));
+        }
+        txn.batches.clear();
+        txn.bytes = 0;
+        txn.pdns.clear();
+    }
+
+    void open_txn() {
+        try {
+            Timer t{phases.partitions};
+            parts.ensure_rows(*conn, txn.batches.back().times_us);
+        } catch (const pg::Error& e) {
+            if (e.connection_lost) throw;
+            log::warning(std::string("cannot create partition: ") + e.what());  // rows will say more
+        }
+        Timer t{phases.copy};
+        conn->exec("BEGIN");
+        txn.open = true;
+        conn->copy_begin(copy_sql);
+        conn->copy_put(copy::header(), false);
+    }
+
+    // Adds the batch to the transaction (opening one), and sends its rows. A batch whose rows
+    // need a partition not known to exist ends the transaction first: no DDL inside a COPY.
+    void stream(copy::EncodedBatch&& b) {
+        if (txn.active() && !parts.covers(b.times_us)) end_txn();
+        if (past_deadline() || !(txn.open || connect())) {
+            b.encode_pdns();
+            handle(std::move(b));
+            return;
+        }
+        try {
+            if (!txn.active()) {
+                txn.started = Clock::now();
+                txn.commit_at = txn.started + opt.commit_interval;
+            }
+            txn.bytes += b.rows.size();
+            txn.pdns.merge(std::move(b.pdns_map));
+            txn.batches.push_back(std::move(b));
+            if (!txn.open) open_txn();
+            Timer t{phases.copy};
+            conn->copy_put(txn.batches.back().rows);
+        } catch (const pg::Error& e) {
+            fail_txn(e);
+        }
+    }
+
+    // COPY end, the pdns merge of the whole transaction, COMMIT.
+    void commit_txn() {
+        {
+            Timer t{phases.copy};
+            conn->copy_put(copy::trailer(), false);
+            conn->copy_end();
+        }
+        if (!txn.pdns.empty()) {
+            std::string rows = txn.pdns.encode();
+            Timer t{phases.pdns};
+            conn->copy_in(stage_copy_sql, {copy::header(), rows, copy::trailer()});
+            Timer u{phases.upsert};
+            conn->exec(upsert_pdns_sql);
+        }
+        commit();
+        ++phases.transactions;
+        for (const auto& b : txn.batches) account(b, 0, b.size());
+        finish(txn.started);
+        reset_txn();
+    }
+
+    void end_txn() {
+        if (!txn.active()) return;
+        try {
+            commit_txn();
+        } catch (const pg::Error& e) {
+            fail_txn(e);
+        }
+    }
+
+    // The transaction failed: its batches, as one, take the per-batch path (the database
+    // again, whole and then in parts to isolate rejected rows; else the spool or a wait).
+    void fail_txn(const pg::Error& e) {
+        copy::EncodedBatch all = copy::EncodedBatch::concat(txn.batches);
+        all.pdns_map = std::move(txn.pdns);
+        all.encode_pdns();
+        reset_txn();
+        if (e.connection_lost) {
+            lost(e);
+        } else {
+            conn->rollback();
+            log::debug(std::string("streamed transaction failed (") + e.what() + "); retrying it batch-wise");
+        }
+        handle(std::move(all));
+    }
+
     void replay_spool(Clock::time_point until) {
         while (spool && !spool->empty() && Clock::now() < until && conn) {
             std::optional<copy::EncodedBatch> b = spool->front();
@@ -476,9 +597,17 @@ struct PostgresSink::Impl {
             bool last = take(batch);
             if (!batch.empty()) {
                 copy::EncodedBatch e;
+                std::string buffer;
+                {
+                    std::lock_guard lock(mu);
+                    if (!spare.empty()) {
+                        buffer = std::move(spare.back());
+                        spare.pop_back();
+                    }
+                }
                 {
                     Timer t{phases.encode};
-                    e = copy::encode_batch(batch, opt.pdns);
+                    e = copy::encode_batch(batch, opt.pdns, {}, true, std::move(buffer));
                     batch.clear();
                 }
                 std::unique_lock lock(mu);
@@ -500,7 +629,8 @@ struct PostgresSink::Impl {
         has_encoded.notify_all();
     }
 
-    // Writer thread: encoded batches -> database (or spool), maintenance in between.
+    // Writer thread: encoded batches -> database (or spool), maintenance in between
+    // transactions.
     void run() {
         for (;;) {
             std::optional<copy::EncodedBatch> b;
@@ -508,8 +638,9 @@ struct PostgresSink::Impl {
             {
                 std::unique_lock lock(mu);
                 auto idle = spool && !spool->empty() ? 100ms : 1000ms;
+                auto until = txn.active() ? txn.commit_at : Clock::now() + idle;
                 if (encoded.empty() && !encoder_done)
-                    has_encoded.wait_for(lock, idle, [&] { return !encoded.empty() || encoder_done; });
+                    has_encoded.wait_until(lock, until, [&] { return !encoded.empty() || encoder_done; });
                 if (!encoded.empty()) {
                     b = std::move(encoded.front());
                     encoded.pop_front();
@@ -517,25 +648,33 @@ struct PostgresSink::Impl {
                 finished = encoder_done && encoded.empty();
             }
             encoded_room.notify_one();
-            if (b) {
-                ++phases.batches;
-                phases.rows += b->size();
-                try {
-                    handle(std::move(*b));
-                } catch (const std::exception& e) {
-                    log::error(std::string("postgres writer: ") + e.what());
-                    metrics.drop(DropReason::row_rejected, b->message_total());
+            try {
+                if (b && (b->size() || !b->pdns_map.empty())) {
+                    ++phases.batches;
+                    phases.rows += b->size();
+                    stream(std::move(*b));
                 }
+                if (txn.active() && (finished || Clock::now() >= txn.commit_at || txn.bytes >= txn_max_bytes ||
+                                     past_deadline()))
+                    end_txn();
+            } catch (const std::exception& e) {
+                log::error(std::string("postgres writer: ") + e.what());
+                std::uint64_t n = b ? b->message_total() : 0;
+                for (const auto& t : txn.batches) n += t.message_total();
+                metrics.drop(DropReason::row_rejected, n);
+                reset_txn();
+                conn.reset();  // state unknown
             }
-            if (finished) break;
-            if (!past_deadline()) maintain();
+            if (finished && !txn.active()) break;
+            if (!txn.active() && !past_deadline()) maintain();
         }
         conn.reset();
         up = false;
         metrics.database_up.store(0, std::memory_order_relaxed);
         if (log::level() <= log::Level::debug) {
             auto sec = [](Clock::duration d) { return std::to_string(std::chrono::duration<double>(d).count()); };
-            log::debug("postgres writer: " + std::to_string(phases.batches) + " batches, " +
+            log::debug("postgres writer: " + std::to_string(phases.batches) + " batches in " +
+                       std::to_string(phases.transactions) + " streamed transactions, " +
                        std::to_string(phases.rows) + " rows; seconds: encoder waiting for rows " + sec(phases.wait) +
                        ", encoding " + sec(phases.encode) + "; writer: partitions " + sec(phases.partitions) +
                        ", COPY " + sec(phases.copy) + ", pdns " + sec(phases.pdns) + " (upsert " + sec(phases.upsert) + "), COMMIT " +
