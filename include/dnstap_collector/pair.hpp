@@ -8,8 +8,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <unordered_map>
-#include <list>
 #include <vector>
 
 #include "dnstap_collector/decode.hpp"
@@ -41,66 +39,99 @@ struct ExchangeView {
 std::string format_exchange_text(const Exchange& e);
 std::string format_exchange_json(const Exchange& e);
 
-struct PairKey {
-    std::string identity;
-    SocketProtocol protocol{};
-    IpAddress query_address, response_address;
-    std::uint32_t query_port = 0, response_port = 0;
-    std::uint16_t dns_id = 0;
-    std::string qname;  // lowercase
-    std::uint16_t qtype = 0;
-    friend bool operator==(const PairKey&, const PairKey&) = default;
-};
-struct PairKeyHash { std::size_t operator()(const PairKey& k) const noexcept; };
-
-// Extract the key; false for messages that cannot be paired (no DNS payload or question):
-// those are emitted on their own at once.
-bool pair_key_of(const DnstapMessage& m, PairKey& key);
-
 struct PairOptions {
     std::chrono::milliseconds query_timeout{10'000};    // lone query kept this long
     std::chrono::milliseconds response_grace{1'000};    // lone response waits this long for its query
 };
 
+// The pairing key: identity, protocol, both addresses and ports (the initiator's side only
+// when pairs_on_query_side()), DNS id, qtype and qname (compared case-insensitively, as BIND
+// keeps the client's case). Messages without a DNS payload, a question or a type cannot be
+// paired: they are emitted on their own at once.
+//
+// Steady state allocates nothing: waiting messages live in reused slots, the table is open
+// addressing over slot numbers, the wait lists are linked through the slots, and the storage
+// of emitted exchanges (strings, answer vectors) comes back through recycle() when the sink
+// left it in place.
 class Pairer {
 public:
     using Emit = std::function<void(Exchange&&)>;
     using Clock = std::chrono::steady_clock;
 
     Pairer(PairOptions options, Metrics& metrics, Emit emit);
+    ~Pairer();
+    Pairer(const Pairer&) = delete;
+    Pairer& operator=(const Pairer&) = delete;
 
     void add(DnstapMessage&& m, Clock::time_point now = Clock::now());
+    // The same without a move: decode into next() (a reused message, capacity kept), then
+    // add_next(). next() returns the same message until add_next() takes it.
+    DnstapMessage& next();
+    void add_next(Clock::time_point now = Clock::now());
+    // Takes back the messages of exchanges the sink is done with (and left in place), to be
+    // decoded into again; clears `done`.
+    void recycle(std::vector<Exchange>& done) noexcept;
     // Emit what waited too long, by wall clock or by message time (imports run faster than
     // real time, so the newest message time seen also advances the clock).
     void expire(Clock::time_point now = Clock::now());
     void flush_all();  // end of input / shutdown
-    std::size_t pending() const noexcept { return table_.size(); }
+    std::size_t pending() const noexcept { return size_; }
 
 private:
-    // Arrival order per side. A matched entry leaves its list at once (the table keeps the
-    // list position), so the lists hold only what is really waiting.
-    struct Waiting {
-        const PairKey* key;  // the table's own key: node-based map, stable until erased
-        Clock::time_point arrived;
-        std::int64_t message_time_ns;
-    };
-    using WaitList = std::list<Waiting>;
-    struct Pending {
-        Exchange exchange;
-        WaitList::iterator position;
-    };
-    using Table = std::unordered_map<PairKey, Pending, PairKeyHash>;
+    static constexpr std::uint32_t none = 0xFFFFFFFFu;
 
-    void wait_for_partner(PairKey&& key, DnstapMessage&& m, bool query, Clock::time_point now);
-    Exchange take(Table::iterator it);
+    // Everything of the key but identity and qname, which are compared in the message itself.
+    struct Key {
+        std::uint64_t hash = 0;
+        IpAddress query_address, response_address;
+        std::uint32_t query_port = 0, response_port = 0;
+        std::uint16_t dns_id = 0, qtype = 0;
+        SocketProtocol protocol{};
+    };
+    struct Slot {
+        std::unique_ptr<DnstapMessage> message;
+        Key key;
+        Clock::time_point arrived;
+        std::int64_t message_time_ns = 0;
+        std::uint32_t prev = none, next = none;  // arrival order on its side
+        bool query = false;
+    };
+    struct WaitList {
+        std::uint32_t head = none, tail = none;
+    };
+    struct Bucket {
+        std::uint32_t slot = none;
+        std::uint32_t hash_low = 0;
+    };
+
+    static bool key_of(const DnstapMessage& m, Key& key) noexcept;
+    bool same_key(const Slot& s, const Key& key, const DnstapMessage& m) const noexcept;
+    std::size_t find(const Key& key, const DnstapMessage& m) const noexcept;  // bucket or npos
+    void insert_bucket(std::uint32_t slot);
+    void erase_bucket(std::size_t bucket) noexcept;
+    void grow();
+
+    std::uint32_t new_slot();
+    void wait(std::uint32_t slot, bool query, Clock::time_point now);
+    std::unique_ptr<DnstapMessage> take(std::size_t bucket);  // leaves table, list and slot
+    void unlink(std::uint32_t slot) noexcept;
     void expire_side(WaitList& list, std::chrono::milliseconds timeout, Clock::time_point now, bool query);
-    void emit_alone(Exchange&& e, bool query);
+    void emit_alone(std::unique_ptr<DnstapMessage> m, bool query);
+    void emit_pair(std::unique_ptr<DnstapMessage> q, std::unique_ptr<DnstapMessage> r);
+    void drained(std::unique_ptr<DnstapMessage> m) noexcept;
+    std::unique_ptr<DnstapMessage> fresh();
 
     PairOptions options_;
     Metrics& metrics_;
     Emit emit_;
-    Table table_;
+    std::vector<Slot> slots_;
+    std::vector<std::uint32_t> free_slots_;
+    std::vector<Bucket> buckets_;            // power of two, at most half full
+    std::size_t size_ = 0;
     WaitList waiting_queries_, waiting_responses_;
+    std::unique_ptr<DnstapMessage> next_;    // what next() handed out
+    std::vector<std::unique_ptr<DnstapMessage>> spare_;    // storage of recycled messages
+    std::vector<std::unique_ptr<DnstapMessage>> drained_;  // moved out into an exchange
     std::int64_t newest_message_ns_ = 0;
 };
 

@@ -5,6 +5,7 @@
 
 #include <climits>
 #include <cstring>
+#include <vector>
 
 #include "dnstap.pb.h"
 
@@ -91,6 +92,46 @@ void decode_policy(const dnstap::Policy& in, Policy& out) {
     }
 }
 
+// DnsMessages a decoded message no longer needs (a query part where the next frame has none)
+// wait here for the next one that does, with the capacity of their strings and answers.
+constexpr std::size_t max_spare_dns = 64;
+
+std::vector<DnsMessage>& spare_dns() {
+    thread_local std::vector<DnsMessage> spares = [] {
+        std::vector<DnsMessage> v;
+        v.reserve(max_spare_dns);
+        return v;
+    }();
+    return spares;
+}
+
+void park(std::optional<DnsMessage>& dns) noexcept {
+    if (!dns) return;
+    auto& spares = spare_dns();
+    if (spares.size() < max_spare_dns) spares.push_back(std::move(*dns));  // reserved: no allocation
+    dns.reset();
+}
+
+DnsMessage& engage(std::optional<DnsMessage>& dns) {
+    if (dns) return *dns;
+    auto& spares = spare_dns();
+    if (spares.empty()) return dns.emplace();
+    dns.emplace(std::move(spares.back()));
+    spares.pop_back();
+    return *dns;
+}
+
+void clear(Policy& p) noexcept {
+    p.type.clear();
+    p.rule.clear();
+    p.action.clear();
+    p.match.clear();
+    p.value.clear();
+    p.present = false;
+}
+
+// Clears every field but query and response: decode_dnstap decides about those at the end,
+// reusing an engaged DnsMessage (parse_dns resets it) or parking it.
 void reset(DnstapMessage& m) {
     m.identity.clear();
     m.version.clear();
@@ -105,9 +146,7 @@ void reset(DnstapMessage& m) {
     m.has_query_port = m.has_response_port = false;
     m.query_time_ns = m.response_time_ns = -1;
     m.query_zone.clear();
-    m.query.reset();
-    m.response.reset();
-    m.policy = {};
+    clear(m.policy);
     m.http_protocol = 0;
     m.frame_size = 0;
 }
@@ -197,16 +236,21 @@ std::int64_t DnstapMessage::event_time_ns() const noexcept {
 DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& out) {
     reset(out);
     out.frame_size = static_cast<std::uint32_t>(frame.size());
-    if (frame.size() > static_cast<std::size_t>(INT_MAX)) return DecodeStatus::bad_protobuf;
+    auto fail = [&](DecodeStatus status) {
+        park(out.query);
+        park(out.response);
+        return status;
+    };
+    if (frame.size() > static_cast<std::size_t>(INT_MAX)) return fail(DecodeStatus::bad_protobuf);
 
     dnstap::Dnstap& d = scratch();
     // Partial parse + IsInitialized(): same verdict as ParseFromArray, which would also log
     // every frame missing a required field.
     if (!d.ParsePartialFromArray(frame.data(), static_cast<int>(frame.size())) ||
         !d.IsInitialized())
-        return DecodeStatus::bad_protobuf;
+        return fail(DecodeStatus::bad_protobuf);
     if (d.type() != dnstap::Dnstap_Type_MESSAGE || !d.has_message())
-        return DecodeStatus::not_message;
+        return fail(DecodeStatus::not_message);
 
     if (d.has_identity()) set_text(out.identity, d.identity());
     if (d.has_version()) set_text(out.version, d.version());
@@ -234,9 +278,13 @@ DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& o
 
     bool dns_ok = true;
     if (m.has_query_message())
-        dns_ok &= parse_dns(bytes_of(m.query_message()), out.query.emplace());
+        dns_ok &= parse_dns(bytes_of(m.query_message()), engage(out.query));
+    else
+        park(out.query);
     if (m.has_response_message())
-        dns_ok &= parse_dns(bytes_of(m.response_message()), out.response.emplace());
+        dns_ok &= parse_dns(bytes_of(m.response_message()), engage(out.response));
+    else
+        park(out.response);
     return dns_ok ? DecodeStatus::ok : DecodeStatus::dns_error;
 }
 

@@ -141,6 +141,35 @@ Parser& parser() {
     return p;
 }
 
+// Records of earlier messages, kept with their strings' capacity for the next answers.
+constexpr std::size_t max_spare_records = 256;
+
+std::vector<ResourceRecord>& spare_records() {
+    thread_local std::vector<ResourceRecord> spares = [] {
+        std::vector<ResourceRecord> v;
+        v.reserve(max_spare_records);
+        return v;
+    }();
+    return spares;
+}
+
+void clear_answers(std::vector<ResourceRecord>& answers) noexcept {
+    auto& spares = spare_records();
+    for (ResourceRecord& r : answers) {
+        if (spares.size() == max_spare_records) break;
+        spares.push_back(std::move(r));  // reserved: no allocation
+    }
+    answers.clear();
+}
+
+ResourceRecord& add_answer(std::vector<ResourceRecord>& answers) {
+    auto& spares = spare_records();
+    if (spares.empty()) return answers.emplace_back();
+    ResourceRecord& r = answers.emplace_back(std::move(spares.back()));
+    spares.pop_back();
+    return r;
+}
+
 void reset(DnsMessage& m) {
     m.error.clear();
     m.size = 0;
@@ -149,7 +178,7 @@ void reset(DnsMessage& m) {
     m.has_question = false;
     m.qname.clear();
     m.qtype = m.qclass = 0;
-    m.answers.clear();
+    clear_answers(m.answers);
     m.has_edns = false;
     m.edns_udp_size = 0;
     m.edns_version = 0;
@@ -613,7 +642,7 @@ void read_answers(Parser& ps, const knot_pkt_t* pkt, DnsMessage& m) {
     for (std::uint16_t i = 0; i < an->count; ++i) {
         const knot_rrset_t* rr = knot_pkt_rr(an, i);
         for (std::uint16_t j = 0; j < rr->rrs.count; ++j) {
-            ResourceRecord& r = m.answers.emplace_back();
+            ResourceRecord& r = add_answer(m.answers);
             const std::size_t owner_len = knot_dname_size(rr->owner);
             if (!name_to_text({rr->owner, owner_len}, r.name, true)) r.name = "?";
             r.type = rr->type;

@@ -93,10 +93,12 @@ struct WorkerPool::Impl {
     void run(Worker& worker) {
         std::vector<Exchange> out;
         out.reserve(max_rows_per_handoff);
+        Pairer* recycler = nullptr;
         auto hand_off = [&] {
             if (out.empty()) return;
             sink.consume(std::move(out));
-            out.clear();
+            // What the sink left in place (it only read the batch) is decoded into again.
+            if (recycler != nullptr) recycler->recycle(out); else out.clear();
             out.reserve(max_rows_per_handoff);
         };
         Pairer pairer(options.pairing, metrics, [&](Exchange&& e) {
@@ -107,6 +109,7 @@ struct WorkerPool::Impl {
             out.push_back(std::move(e));
             if (out.size() >= max_rows_per_handoff) hand_off();
         });
+        recycler = &pairer;
 
         std::vector<FrameBatch> batches;
         bool open = true;
@@ -128,7 +131,7 @@ struct WorkerPool::Impl {
     }
 
     void process(std::span<const std::uint8_t> frame, Pairer& pairer) {
-        DnstapMessage message;
+        DnstapMessage& message = pairer.next();  // reused storage, kept until add_next()
         switch (decode_dnstap(frame, message)) {
         case DecodeStatus::bad_protobuf:
         case DecodeStatus::not_message: {
@@ -146,7 +149,7 @@ struct WorkerPool::Impl {
             break;
         }
         metrics.messages_decoded.fetch_add(1, std::memory_order_relaxed);
-        pairer.add(std::move(message));
+        pairer.add_next();
     }
 
     void stop() {

@@ -415,3 +415,35 @@ TEST_CASE("format_json carries every field and escapes strings", "[decode]") {
     CHECK(rj.find(R"("answers":[{"name":"www.example.test","ttl":300,"class":"IN","type":"A","rdata":"192.0.2.)") !=
           std::string::npos);
 }
+
+TEST_CASE("decoding into a reused message gives what a fresh message gets", "[decode]") {
+    // Frames of both captures, in several orders, so each frame lands on storage that held a
+    // query, a response, answers, a bad frame or a policy before.
+    std::vector<Frame> frames = read_fstrm("bind_auth.fstrm");
+    for (auto& f : read_fstrm("bind_resolver.fstrm")) frames.push_back(std::move(f));
+    frames.push_back(Frame{0x0a, 0x03, 'a', 'b'});  // truncated protobuf
+    dnstap::Dnstap p = make_frame(dnstap::Message_Type_CLIENT_RESPONSE);
+    p.mutable_message()->clear_query_message();
+    p.mutable_message()->set_response_message(std::string("\x01\x02\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x01" "a\x00\x00\x01\x00\x01", 19));
+    p.mutable_message()->mutable_policy()->set_type("RPZ");
+    p.mutable_message()->mutable_policy()->set_match(dnstap::Policy_Match_QNAME);
+    frames.push_back(serialize(p));
+    frames.push_back(serialize(make_frame()));
+    std::mt19937 rng(7);
+    DnstapMessage reused;
+    for (int round = 0; round < 4; ++round) {
+        for (const Frame& f : frames) {
+            DnstapMessage fresh;
+            const DecodeStatus a = decode_dnstap(f, fresh);
+            const DecodeStatus b = decode_dnstap(f, reused);
+            REQUIRE(a == b);
+            if (a != DecodeStatus::ok && a != DecodeStatus::dns_error) continue;
+            CHECK(format_json(reused) == format_json(fresh));
+            CHECK(format_text(reused) == format_text(fresh));
+            CHECK(reused.query.has_value() == fresh.query.has_value());
+            CHECK(reused.response.has_value() == fresh.response.has_value());
+            if (fresh.response) CHECK(reused.response->answers.size() == fresh.response->answers.size());
+        }
+        std::shuffle(frames.begin(), frames.end(), rng);
+    }
+}

@@ -162,3 +162,103 @@ TEST_CASE("flush_all emits everything pending and every message exactly once") {
     CHECK(h.out.size() == 101);
     CHECK(h.pairer.pending() == 0);
 }
+
+TEST_CASE("next() + add_next() pair like add(), and recycled storage is decoded into again") {
+    Harness h;
+    const auto t0 = Pairer::Clock::now();
+    h.pairer.next() = message(MessageType::client_query, 11, "Reuse.Test");
+    h.pairer.add_next(t0);
+    CHECK(h.pairer.pending() == 1);
+    DnstapMessage& r = h.pairer.next();
+    CHECK(&r == &h.pairer.next());  // the same until add_next() takes it
+    r = message(MessageType::client_response, 11, "reuse.test");
+    h.pairer.add_next(t0);
+    REQUIRE(h.out.size() == 1);
+    CHECK(h.out[0].query->query->qname == "Reuse.Test");
+    CHECK(h.out[0].response->response->qname == "reuse.test");
+
+    h.pairer.recycle(h.out);
+    CHECK(h.out.empty());
+    // The next message handed out carries a recycled message's storage: whatever it holds,
+    // adding a fresh one must pair as usual.
+    h.pairer.next() = message(MessageType::client_query, 12, "again.test");
+    h.pairer.add_next(t0);
+    h.pairer.add(message(MessageType::client_response, 12, "again.test"), t0);
+    REQUIRE(h.out.size() == 1);
+    CHECK(h.out[0].message_count() == 2);
+    CHECK(h.out[0].query->query->id == 12);
+    CHECK(h.pairer.pending() == 0);
+}
+
+TEST_CASE("identity, protocol, addresses and qtype are part of the key") {
+    Harness h;
+    DnstapMessage q = message(MessageType::client_query, 1, "k.test");
+    DnstapMessage r = message(MessageType::client_response, 1, "k.test");
+    r.identity = "ns2";
+    h.pairer.add(DnstapMessage(q));
+    h.pairer.add(DnstapMessage(r));
+    CHECK(h.out.empty());
+    r = message(MessageType::client_response, 1, "k.test");
+    r.protocol = SocketProtocol::tcp;
+    h.pairer.add(DnstapMessage(r));
+    r = message(MessageType::client_response, 1, "k.test");
+    r.query_address.bytes[3] = 2;
+    h.pairer.add(DnstapMessage(r));
+    r = message(MessageType::client_response, 1, "k.test");
+    r.response->qtype = 28;
+    h.pairer.add(DnstapMessage(r));
+    CHECK(h.out.empty());
+    CHECK(h.pairer.pending() == 5);
+    h.pairer.add(message(MessageType::client_response, 1, "K.TEST"));
+    REQUIRE(h.out.size() == 1);
+    CHECK(h.out[0].message_count() == 2);
+}
+
+TEST_CASE("resolver messages pair without the initiator's address and port") {
+    Harness h;
+    DnstapMessage q = message(MessageType::resolver_query, 3, "r.test", 1111);
+    DnstapMessage r = message(MessageType::resolver_response, 3, "r.test", 2222);
+    r.query_address.bytes = {0, 0, 0, 0};
+    h.pairer.add(std::move(q));
+    h.pairer.add(std::move(r));
+    REQUIRE(h.out.size() == 1);
+    CHECK(h.out[0].message_count() == 2);
+}
+
+TEST_CASE("many messages in and out of the table in mixed order: every pair found once") {
+    // Exercises the open-addressing table: growth, removal with backward shifts, collisions.
+    Harness h;
+    const auto t0 = Pairer::Clock::now();
+    constexpr int n = 20000;
+    std::uint64_t x = 88172645463325252ull;
+    auto rnd = [&] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        return x;
+    };
+    std::vector<int> order(n);
+    for (int i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+    for (int i = n - 1; i > 0; --i) std::swap(order[static_cast<std::size_t>(i)], order[rnd() % static_cast<std::uint64_t>(i + 1)]);
+    auto name = [](int i) { return "n" + std::to_string(i % 97) + ".test"; };
+    auto id = [](int i) { return static_cast<std::uint16_t>(i / 97); };
+    auto port = [](int i) { return static_cast<std::uint16_t>(1000 + i % 3); };
+    for (int i = 0; i < n; ++i) h.pairer.add(message(MessageType::client_query, id(i), name(i), port(i)), t0);
+    CHECK(h.pairer.pending() == static_cast<std::size_t>(n));
+    std::size_t recycled = 0;
+    for (int k = 0; k < n; ++k) {
+        const int i = order[static_cast<std::size_t>(k)];
+        h.pairer.add(message(MessageType::client_response, id(i), name(i), port(i)), t0);
+        REQUIRE(h.out.size() == 1);
+        REQUIRE(h.out[0].message_count() == 2);
+        CHECK(h.out[0].query->query->qname == h.out[0].response->response->qname);
+        CHECK(h.out[0].query->query->id == id(i));
+        CHECK(h.out[0].query->query_port == port(i));
+        ++recycled;
+        h.pairer.recycle(h.out);
+    }
+    CHECK(recycled == static_cast<std::size_t>(n));
+    CHECK(h.pairer.pending() == 0);
+    CHECK(h.metrics.pairs_matched == static_cast<std::uint64_t>(n));
+    CHECK(h.metrics.duplicates == 0);
+}
