@@ -94,10 +94,13 @@ struct WorkerPool::Impl {
         std::vector<Exchange> out;
         out.reserve(max_rows_per_handoff);
         Pairer* recycler = nullptr;
+        std::size_t handoff_rows = max_rows_per_handoff;
         auto hand_off = [&] {
             if (out.empty()) return;
             sink.consume(std::move(out));
-            // What the sink left in place (it only read the batch) is decoded into again.
+            // What the sink left in place (it only read the batch) is decoded into again;
+            // then smaller hand-offs keep that storage in cache until it is reused.
+            handoff_rows = out.empty() ? max_rows_per_handoff : 512;
             if (recycler != nullptr) recycler->recycle(out); else out.clear();
             out.reserve(max_rows_per_handoff);
         };
@@ -107,7 +110,7 @@ struct WorkerPool::Impl {
                 return;
             }
             out.push_back(std::move(e));
-            if (out.size() >= max_rows_per_handoff) hand_off();
+            if (out.size() >= handoff_rows) hand_off();
         });
         recycler = &pairer;
 
