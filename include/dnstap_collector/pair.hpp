@@ -67,7 +67,8 @@ public:
     // The same without a move: decode into next() (a reused message, capacity kept), then
     // add_next(). next() returns the same message until add_next() takes it.
     DnstapMessage& next();
-    void add_next(Clock::time_point now = Clock::now());
+    void add_next(Clock::time_point now);
+    void add_next();  // arrival time from a clock read every few messages (they come in bursts)
     // Takes back the messages of exchanges the sink is done with (and left in place), to be
     // decoded into again; clears `done`.
     void recycle(std::vector<Exchange>& done) noexcept;
@@ -133,6 +134,8 @@ private:
     std::vector<std::unique_ptr<DnstapMessage>> spare_;    // storage of recycled messages
     std::vector<std::unique_ptr<DnstapMessage>> drained_;  // moved out into an exchange
     std::int64_t newest_message_ns_ = 0;
+    Clock::time_point coarse_now_{};
+    unsigned coarse_uses_ = 0;
 };
 
 }  // namespace dnstap_collector

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <thread>
+
 #include "dnstap_collector/metrics.hpp"
 #include "dnstap_collector/pair.hpp"
 
@@ -261,4 +263,20 @@ TEST_CASE("many messages in and out of the table in mixed order: every pair foun
     CHECK(h.pairer.pending() == 0);
     CHECK(h.metrics.pairs_matched == static_cast<std::uint64_t>(n));
     CHECK(h.metrics.duplicates == 0);
+}
+
+TEST_CASE("add_next() without a time reads the clock again after expire()") {
+    Harness h;
+    h.pairer.next() = message(MessageType::client_query, 1, "warm.test");
+    h.pairer.add_next();  // reads the clock and keeps the reading for a few messages
+    std::this_thread::sleep_for(20ms);
+    h.pairer.expire(Pairer::Clock::now());
+    const auto before = Pairer::Clock::now();
+    h.pairer.next() = message(MessageType::client_query, 2, "late.test");
+    h.pairer.add_next();
+    // Arrived at `before` or later: still waiting just short of the timeout from then.
+    h.pairer.expire(before + 9990ms);
+    CHECK(h.out.size() == 1);  // only warm.test (it arrived 20 ms earlier)
+    h.pairer.expire(before + 10s + 1s);
+    CHECK(h.out.size() == 2);
 }
