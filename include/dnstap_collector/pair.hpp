@@ -59,6 +59,10 @@ public:
     using Clock = std::chrono::steady_clock;
 
     Pairer(PairOptions options, Metrics& metrics, Emit emit);
+    // Builds each exchange in place at the end of `out` (one move less per message) and then
+    // calls `emitted`, which may remove it again (filters) or hand `out` off. `out` must
+    // have room (reserve) for the exchanges emitted before `emitted` empties it.
+    Pairer(PairOptions options, Metrics& metrics, std::vector<Exchange>& out, std::function<void()> emitted);
     ~Pairer();
     Pairer(const Pairer&) = delete;
     Pairer& operator=(const Pairer&) = delete;
@@ -125,6 +129,11 @@ private:
     PairOptions options_;
     Metrics& metrics_;
     Emit emit_;
+    std::vector<Exchange>* out_ = nullptr;
+    std::function<void()> emitted_;
+    Exchange scratch_;  // the exchange being emitted, with an Emit callback
+    Exchange& start_exchange();
+    void finish_exchange(Exchange& e);
     std::vector<Slot> slots_;
     std::vector<std::uint32_t> free_slots_;
     std::vector<Bucket> buckets_;            // power of two, at most half full

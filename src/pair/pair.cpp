@@ -159,6 +159,24 @@ void Pairer::grow() {
 Pairer::Pairer(PairOptions options, Metrics& metrics, Emit emit)
     : options_(options), metrics_(metrics), emit_(std::move(emit)) {}
 
+Pairer::Pairer(PairOptions options, Metrics& metrics, std::vector<Exchange>& out, std::function<void()> emitted)
+    : options_(options), metrics_(metrics), out_(&out), emitted_(std::move(emitted)) {}
+
+Exchange& Pairer::start_exchange() {
+    if (out_ != nullptr) return out_->emplace_back();
+    scratch_.query.reset();
+    scratch_.response.reset();
+    return scratch_;
+}
+
+void Pairer::finish_exchange(Exchange& e) {
+    if (out_ != nullptr) {
+        if (emitted_) emitted_();
+    } else {
+        emit_(std::move(e));
+    }
+}
+
 Pairer::~Pairer() = default;
 
 std::unique_ptr<DnstapMessage> Pairer::fresh() {
@@ -241,20 +259,20 @@ std::unique_ptr<DnstapMessage> Pairer::take(std::size_t bucket) {
 
 void Pairer::emit_alone(std::unique_ptr<DnstapMessage> m, bool query) {
     (query ? metrics_.queries_timed_out : metrics_.responses_orphaned).fetch_add(1, std::memory_order_relaxed);
-    Exchange e;
+    Exchange& e = start_exchange();
     (query ? e.query : e.response).emplace(std::move(*m));
     drained(std::move(m));
-    emit_(std::move(e));
+    finish_exchange(e);
 }
 
 void Pairer::emit_pair(std::unique_ptr<DnstapMessage> q, std::unique_ptr<DnstapMessage> r) {
     metrics_.pairs_matched.fetch_add(1, std::memory_order_relaxed);
-    Exchange e;
+    Exchange& e = start_exchange();
     e.query.emplace(std::move(*q));
     e.response.emplace(std::move(*r));
     drained(std::move(q));
     drained(std::move(r));
-    emit_(std::move(e));
+    finish_exchange(e);
 }
 
 void Pairer::add(DnstapMessage&& m, Clock::time_point now) {

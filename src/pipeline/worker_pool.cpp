@@ -104,12 +104,13 @@ struct WorkerPool::Impl {
             if (recycler != nullptr) recycler->recycle(out); else out.clear();
             out.reserve(max_rows_per_handoff);
         };
-        Pairer pairer(options.pairing, metrics, [&](Exchange&& e) {
-            if (filtering && !privacy.apply(e)) {
-                metrics.drop(DropReason::filtered, e.message_count());
+        // The pairer builds each exchange at the end of `out`.
+        Pairer pairer(options.pairing, metrics, out, [&] {
+            if (filtering && !privacy.apply(out.back())) {
+                metrics.drop(DropReason::filtered, out.back().message_count());
+                out.pop_back();
                 return;
             }
-            out.push_back(std::move(e));
             if (out.size() >= handoff_rows) hand_off();
         });
         recycler = &pairer;
