@@ -29,6 +29,16 @@ void set_text(std::string& out, const std::string& in) {
     dns_detail::append_escaped_ascii(out, in);
 }
 
+// set_text for identity, version and extra, which the storage decoded into last time most
+// likely holds already: escaping lengthens whatever it touches and its output is printable, so
+// bytes equal to that output with no backslash need no escaping and are there already.
+void set_same_text(std::string& out, const std::string& in) {
+    if (out.size() == in.size() && std::memcmp(out.data(), in.data(), in.size()) == 0 &&
+        std::memchr(out.data(), '\\', out.size()) == nullptr)
+        return;
+    set_text(out, in);
+}
+
 // Returns false when the length is neither 4 nor 16 (the address stays empty).
 bool set_address(IpAddress& out, const std::string& in) {
     if (in.size() != 4 && in.size() != 16) return false;
@@ -133,9 +143,7 @@ void clear(Policy& p) noexcept {
 // Clears every field but query and response: decode_dnstap decides about those at the end,
 // reusing an engaged DnsMessage (parse_dns resets it) or parking it.
 void reset(DnstapMessage& m) {
-    m.identity.clear();
-    m.version.clear();
-    m.extra.clear();
+    // identity, version and extra: set (or cleared) by decode_dnstap on every path.
     m.type = MessageType::unknown;
     m.family = SocketFamily::unknown;
     m.protocol = SocketProtocol::unknown;
@@ -237,6 +245,9 @@ DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& o
     reset(out);
     out.frame_size = static_cast<std::uint32_t>(frame.size());
     auto fail = [&](DecodeStatus status) {
+        out.identity.clear();
+        out.version.clear();
+        out.extra.clear();
         park(out.query);
         park(out.response);
         return status;
@@ -252,9 +263,9 @@ DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& o
     if (d.type() != dnstap::Dnstap_Type_MESSAGE || !d.has_message())
         return fail(DecodeStatus::not_message);
 
-    if (d.has_identity()) set_text(out.identity, d.identity());
-    if (d.has_version()) set_text(out.version, d.version());
-    if (d.has_extra()) set_text(out.extra, d.extra());
+    if (d.has_identity()) set_same_text(out.identity, d.identity()); else out.identity.clear();
+    if (d.has_version()) set_same_text(out.version, d.version()); else out.version.clear();
+    if (d.has_extra()) set_same_text(out.extra, d.extra()); else out.extra.clear();
 
     const dnstap::Message& m = d.message();
     out.type = static_cast<MessageType>(m.type());  // required, and a closed enum: 1..14

@@ -447,3 +447,25 @@ TEST_CASE("decoding into a reused message gives what a fresh message gets", "[de
         std::shuffle(frames.begin(), frames.end(), rng);
     }
 }
+
+TEST_CASE("identity text reused from the last decode only when it needs no escaping", "[decode]") {
+    DnstapMessage m;
+    dnstap::Dnstap d = make_frame();
+    d.set_identity(std::string("a\x01", 2));
+    REQUIRE(decode_dnstap(serialize(d), m) == DecodeStatus::ok);
+    CHECK(m.identity == "a\\001");
+    d.set_identity("a\\001");  // the bytes of the text above: escaped again, not kept
+    REQUIRE(decode_dnstap(serialize(d), m) == DecodeStatus::ok);
+    CHECK(m.identity == "a\\\\001");
+    d.set_identity("ns1");
+    REQUIRE(decode_dnstap(serialize(d), m) == DecodeStatus::ok);
+    REQUIRE(decode_dnstap(serialize(d), m) == DecodeStatus::ok);
+    CHECK(m.identity == "ns1");
+    d.clear_identity();
+    REQUIRE(decode_dnstap(serialize(d), m) == DecodeStatus::ok);
+    CHECK(m.identity.empty());
+    d.set_identity("ns1");
+    REQUIRE(decode_dnstap(serialize(d), m) == DecodeStatus::ok);
+    REQUIRE(decode_dnstap(Frame{0x0a, 0x03, 'a', 'b'}, m) == DecodeStatus::bad_protobuf);
+    CHECK(m.identity.empty());
+}
