@@ -1,11 +1,11 @@
-// PostgresSink: a bounded queue in front of an encoder thread (batches of exchanges -> binary
-// COPY) and a writer thread. The writer keeps one transaction with one COPY open across
-// encoded batches, streaming each batch's rows as it comes, for up to commit_interval; then
-// it ends the COPY, merges the passive-DNS aggregate of the whole transaction (one staging
-// COPY, one INSERT ... ON CONFLICT) and commits: exchange rows and their pdns counts commit
-// together. The encoder works on the next batch while the writer waits on the database.
-// A transaction that fails is retried through the per-batch path (whole, then rows in halves);
-// when the database is away, batches go to the spool and are replayed when it is back.
+// PostgresSink: the workers encode their exchanges for binary COPY in consume() (in
+// parallel, and the Exchanges stay with the worker for reuse), into a queue bounded in rows of
+// compact encoded data. One writer thread keeps one transaction with one COPY open, streaming
+// what is queued as it comes, for up to commit_interval; then it ends the COPY, merges the
+// passive-DNS aggregate of the whole transaction (one staging COPY, one INSERT ... ON
+// CONFLICT) and commits: exchange rows and their pdns counts commit together. A transaction
+// that fails is retried through the per-batch path (whole, then rows in halves); when the
+// database is away, batches go to the spool and are replayed when it is back.
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -110,27 +110,15 @@ struct PostgresSink::Impl {
     // (and to start() before the thread exists).
     std::mutex mu;
     std::condition_variable has_rows, has_room;
-    // Rows as the workers handed them in (vectors moved whole, never row by row).
-    std::deque<std::vector<Exchange>> queue;
+    // Encoded rows as the workers handed them in, with their pdns aggregates.
+    std::deque<copy::EncodedBatch> queue;
     std::size_t queued_rows = 0;
-    Clock::time_point first_row_at{};
     bool closing = false;
     bool writer_done = false;
     std::condition_variable writer_finished;
     Clock::time_point deadline{};
     std::atomic<bool> up{false};
 
-    // Encoded batches between the encoder thread and the writer (guarded by mu): the encoder
-    // encodes batch N+1 while the writer waits on the database for batch N.
-    static constexpr std::size_t encoded_depth = 2;
-    std::deque<copy::EncodedBatch> encoded;
-    // Row buffers of committed batches, handed back to the encoder (fewer fresh pages).
-    static constexpr std::size_t spare_max = 2;
-    std::vector<std::string> spare;
-    bool encoder_done = false;
-    std::condition_variable has_encoded, encoded_room;
-
-    std::thread encoder;
     std::thread writer;
     bool started = false;
     std::optional<Spool> spool;
@@ -422,12 +410,6 @@ struct PostgresSink::Impl {
 
     void reset_txn() {
         txn.open = false;
-        {
-            std::lock_guard lock(mu);
-            for (auto& b : txn.batches)
-                if (spare.size() < spare_max && b.rows.capacity() > 0 && b.rows.capacity() <= (16u << 20))
-                    spare.push_back(std::move(b.rows));
-        }
         txn.batches.clear();
         txn.bytes = 0;
         txn.pdns.clear();
@@ -448,13 +430,18 @@ struct PostgresSink::Impl {
         conn->copy_put(copy::header(), false);
     }
 
-    // Adds the batch to the transaction (opening one), and sends its rows. A batch whose rows
-    // need a partition not known to exist ends the transaction first: no DDL inside a COPY.
-    void stream(copy::EncodedBatch&& b) {
-        if (txn.active() && !parts.covers(b.times_us)) end_txn();
+    // Adds the chunks to the transaction (opening one), and sends their rows; their pdns
+    // aggregates are merged while the server reads the rows. Chunks whose rows need a
+    // partition not known to exist end the transaction first: no DDL inside a COPY.
+    void stream(std::vector<copy::EncodedBatch>& chunks) {
+        bool covered = true;
+        for (const auto& c : chunks) covered = covered && parts.covers(c.times_us);
+        if (txn.active() && !covered) end_txn();
         if (past_deadline() || !(txn.open || connect())) {
-            b.encode_pdns();
-            handle(std::move(b));
+            copy::EncodedBatch all = copy::EncodedBatch::concat(chunks);
+            for (auto& c : chunks) all.pdns_map.merge(std::move(c.pdns_map));
+            all.encode_pdns();
+            handle(std::move(all));
             return;
         }
         try {
@@ -462,12 +449,23 @@ struct PostgresSink::Impl {
                 txn.started = Clock::now();
                 txn.commit_at = txn.started + opt.commit_interval;
             }
-            txn.bytes += b.rows.size();
-            txn.pdns.merge(std::move(b.pdns_map));
-            txn.batches.push_back(std::move(b));
+            std::size_t first = txn.batches.size();
+            for (auto& c : chunks) {
+                txn.bytes += c.rows.size();
+                txn.batches.push_back(std::move(c));
+            }
             if (!txn.open) open_txn();
+            {
+                Timer t{phases.copy};
+                // libpq sends as it buffers (non-blocking); the rest is flushed below.
+                for (std::size_t k = first; k < txn.batches.size(); ++k) conn->copy_put(txn.batches[k].rows, false);
+            }
+            {
+                Timer t{phases.encode};
+                for (std::size_t k = first; k < txn.batches.size(); ++k) txn.pdns.merge(std::move(txn.batches[k].pdns_map));
+            }
             Timer t{phases.copy};
-            conn->copy_put(txn.batches.back().rows);
+            conn->copy_put({}, true);
         } catch (const pg::Error& e) {
             fail_txn(e);
         }
@@ -508,6 +506,7 @@ struct PostgresSink::Impl {
     void fail_txn(const pg::Error& e) {
         copy::EncodedBatch all = copy::EncodedBatch::concat(txn.batches);
         all.pdns_map = std::move(txn.pdns);
+        for (auto& b : txn.batches) all.pdns_map.merge(std::move(b.pdns_map));  // not merged yet
         all.encode_pdns();
         reset_txn();
         if (e.connection_lost) {
@@ -554,112 +553,46 @@ struct PostgresSink::Impl {
 
     // --- queue ---
 
-    // Takes up to batch_rows, waiting for a full batch at most flush_interval after the first
-    // row arrived. True once closing and nothing is left.
-    bool take(std::vector<std::vector<Exchange>>& out) {
-        Timer t{phases.wait};
-        std::unique_lock lock(mu);
-        if (queue.empty() && !closing) has_rows.wait_for(lock, 1000ms, [&] { return !queue.empty() || closing; });
-        // No wait when a full batch is there already.
-        if (!queue.empty() && !closing && queued_rows < opt.batch_rows)
-            has_rows.wait_until(lock, first_row_at + opt.flush_interval,
-                                [&] { return queued_rows >= opt.batch_rows || closing; });
-        bool hurry = closing && Clock::now() >= deadline;
-        // Whole handed-in vectors; only the one that crosses batch_rows is split.
-        std::size_t rows = 0;
-        while (!queue.empty() && (hurry || rows < opt.batch_rows)) {
-            std::vector<Exchange>& front = queue.front();
-            std::size_t want = hurry ? front.size() : opt.batch_rows - rows;
-            if (front.size() <= want) {
-                rows += front.size();
-                out.push_back(std::move(front));
-                queue.pop_front();
-            } else {
-                auto cut = front.begin() + static_cast<std::ptrdiff_t>(want);
-                out.emplace_back(std::make_move_iterator(front.begin()), std::make_move_iterator(cut));
-                front.erase(front.begin(), cut);
-                rows += want;
-            }
-        }
-        queued_rows -= rows;
-        if (!queue.empty()) first_row_at = Clock::now();  // the rest waited already: next round soon
-        bool last = closing && queue.empty();
-        lock.unlock();
-        has_room.notify_all();
-        return last;
-    }
-
-    // Encoder thread: rows from the queue -> encoded batches (the Exchanges are freed here
-    // too, off the writer's thread).
-    void encode_loop() {
-        std::vector<std::vector<Exchange>> batch;
-        for (;;) {
-            bool last = take(batch);
-            if (!batch.empty()) {
-                copy::EncodedBatch e;
-                std::string buffer;
-                {
-                    std::lock_guard lock(mu);
-                    if (!spare.empty()) {
-                        buffer = std::move(spare.back());
-                        spare.pop_back();
-                    }
-                }
-                {
-                    Timer t{phases.encode};
-                    e = copy::encode_batch(batch, opt.pdns, {}, true, std::move(buffer));
-                    batch.clear();
-                }
-                std::unique_lock lock(mu);
-                // Past the deadline the writer only spools or counts: never wait for it then.
-                while (encoded.size() >= encoded_depth && !(closing && Clock::now() >= deadline)) {
-                    if (closing) encoded_room.wait_until(lock, deadline);
-                    else encoded_room.wait(lock);
-                }
-                encoded.push_back(std::move(e));
-                lock.unlock();
-                has_encoded.notify_one();
-            }
-            if (last) break;
-        }
+    // Up to batch_rows of what is queued (at least one chunk), waiting until `until` for
+    // something. `finished` once closing and nothing is left.
+    void take(std::vector<copy::EncodedBatch>& chunks, Clock::time_point until, bool& finished) {
         {
-            std::lock_guard lock(mu);
-            encoder_done = true;
+            Timer t{phases.wait};
+            std::unique_lock lock(mu);
+            if (queue.empty() && !closing) has_rows.wait_until(lock, until, [&] { return !queue.empty() || closing; });
+            std::size_t rows = 0;
+            while (!queue.empty() && (chunks.empty() || rows + queue.front().size() <= opt.batch_rows)) {
+                rows += queue.front().size();
+                chunks.push_back(std::move(queue.front()));
+                queue.pop_front();
+            }
+            queued_rows -= rows;
+            finished = closing && queue.empty();
         }
-        has_encoded.notify_all();
+        has_room.notify_all();
     }
 
-    // Writer thread: encoded batches -> database (or spool), maintenance in between
-    // transactions.
+    // Writer thread: queued rows -> database (or spool), maintenance in between transactions.
     void run() {
         for (;;) {
-            std::optional<copy::EncodedBatch> b;
             bool finished = false;
-            {
-                std::unique_lock lock(mu);
-                auto idle = spool && !spool->empty() ? 100ms : 1000ms;
-                auto until = txn.active() ? txn.commit_at : Clock::now() + idle;
-                if (encoded.empty() && !encoder_done)
-                    has_encoded.wait_until(lock, until, [&] { return !encoded.empty() || encoder_done; });
-                if (!encoded.empty()) {
-                    b = std::move(encoded.front());
-                    encoded.pop_front();
-                }
-                finished = encoder_done && encoded.empty();
-            }
-            encoded_room.notify_one();
+            auto idle = spool && !spool->empty() ? 100ms : 1000ms;
+            std::vector<copy::EncodedBatch> chunks;
+            take(chunks, txn.active() ? txn.commit_at : Clock::now() + idle, finished);
             try {
-                if (b && (b->size() || !b->pdns_map.empty())) {
+                std::erase_if(chunks, [](const copy::EncodedBatch& c) { return c.size() == 0 && c.pdns_map.empty(); });
+                if (!chunks.empty()) {
                     ++phases.batches;
-                    phases.rows += b->size();
-                    stream(std::move(*b));
+                    for (const auto& c : chunks) phases.rows += c.size();
+                    stream(chunks);
                 }
                 if (txn.active() && (finished || Clock::now() >= txn.commit_at || txn.bytes >= txn_max_bytes ||
                                      past_deadline()))
                     end_txn();
             } catch (const std::exception& e) {
                 log::error(std::string("postgres writer: ") + e.what());
-                std::uint64_t n = b ? b->message_total() : 0;
+                std::uint64_t n = 0;
+                for (const auto& c : chunks) n += c.message_total();  // moved-from ones count 0
                 for (const auto& t : txn.batches) n += t.message_total();
                 metrics.drop(DropReason::row_rejected, n);
                 reset_txn();
@@ -675,8 +608,8 @@ struct PostgresSink::Impl {
             auto sec = [](Clock::duration d) { return std::to_string(std::chrono::duration<double>(d).count()); };
             log::debug("postgres writer: " + std::to_string(phases.batches) + " batches in " +
                        std::to_string(phases.transactions) + " streamed transactions, " +
-                       std::to_string(phases.rows) + " rows; seconds: encoder waiting for rows " + sec(phases.wait) +
-                       ", encoding " + sec(phases.encode) + "; writer: partitions " + sec(phases.partitions) +
+                       std::to_string(phases.rows) + " rows; seconds: waiting for rows " + sec(phases.wait) +
+                       ", pdns merges " + sec(phases.encode) + ", partitions " + sec(phases.partitions) +
                        ", COPY " + sec(phases.copy) + ", pdns " + sec(phases.pdns) + " (upsert " + sec(phases.upsert) + "), COMMIT " +
                        sec(phases.commit) + ", spool " + sec(phases.spool));
         }
@@ -687,37 +620,38 @@ struct PostgresSink::Impl {
         writer_finished.notify_all();
     }
 
-    void consume(std::vector<Exchange>&& batch) {
-        auto until = Clock::now() + consume_wait;
-        const std::size_t total = batch.size();
-        std::size_t i = 0;
+    // On the worker's thread: waits (bounded) for room, encodes, queues. The batch is only
+    // read: the worker reuses its storage.
+    void consume(std::vector<Exchange>& batch) {
+        if (batch.empty()) return;
         {
             std::unique_lock lock(mu);
-            while (i < total && !closing) {
-                if (queued_rows >= opt.queue_rows) {
-                    has_rows.notify_one();
-                    if (!has_room.wait_until(lock, until, [&] { return queued_rows < opt.queue_rows || closing; }))
-                        break;
-                    if (closing) break;
-                }
-                if (queue.empty()) first_row_at = Clock::now();
-                std::size_t room = opt.queue_rows - queued_rows;
-                std::size_t n = std::min(room, total - i);
-                if (i == 0 && n == total) {
-                    queue.push_back(std::move(batch));
-                } else {
-                    auto from = batch.begin() + static_cast<std::ptrdiff_t>(i);
-                    queue.emplace_back(std::make_move_iterator(from),
-                                       std::make_move_iterator(from + static_cast<std::ptrdiff_t>(n)));
-                }
-                queued_rows += n;
-                i += n;
+            if (queued_rows >= opt.queue_rows && !closing) {
+                has_rows.notify_one();
+                has_room.wait_until(lock, Clock::now() + consume_wait,
+                                    [&] { return queued_rows < opt.queue_rows || closing; });
+            }
+            if (closing || queued_rows >= opt.queue_rows) {
+                lock.unlock();
+                std::uint64_t left = 0;
+                for (const auto& e : batch) left += e.message_count();
+                if (left) metrics.drop(DropReason::sink_full, left);
+                return;
             }
         }
+        copy::EncodedBatch e = copy::encode_batch({}, opt.pdns, batch, true);
+        if (e.size() == 0 && e.pdns_map.empty()) return;
+        {
+            std::lock_guard lock(mu);
+            if (closing) {
+                // stop() has begun: the writer may be gone already.
+                metrics.drop(DropReason::sink_full, e.message_total());
+                return;
+            }
+            queued_rows += e.size();
+            queue.push_back(std::move(e));
+        }
         has_rows.notify_one();
-        std::uint64_t left = 0;
-        for (; i < total; ++i) left += batch[i].message_count();  // batch is whole unless i == total
-        if (left) metrics.drop(DropReason::sink_full, left);
     }
 };
 
@@ -737,11 +671,10 @@ void PostgresSink::start() {
         s.mark_down(e.what());
     }
     s.started = true;
-    s.encoder = std::thread([&s] { s.encode_loop(); });
     s.writer = std::thread([&s] { s.run(); });
 }
 
-void PostgresSink::consume(std::vector<Exchange>&& batch) { impl_->consume(std::move(batch)); }
+void PostgresSink::consume(std::vector<Exchange>&& batch) { impl_->consume(batch); }
 
 void PostgresSink::stop() {
     Impl& s = *impl_;
@@ -754,7 +687,6 @@ void PostgresSink::stop() {
     }
     s.has_rows.notify_all();
     s.has_room.notify_all();
-    s.encoded_room.notify_all();
     if (s.writer.joinable()) {
         // Bounded: at the deadline every wait on the server is cancelled (a write blocked by
         // a lock, a wedged server), and the writer moves what it holds to the spool or counts
@@ -765,8 +697,6 @@ void PostgresSink::stop() {
         }
         s.wake();
         s.has_rows.notify_all();
-        s.encoded_room.notify_all();
-        s.encoder.join();
         s.writer.join();
         if (s.spool && !s.spool->empty())
             log::info(std::to_string(s.spool->messages()) + " messages left in the spool for the next start (" +
@@ -776,8 +706,7 @@ void PostgresSink::stop() {
     // Never started: nothing will write what was queued.
     std::lock_guard lock(s.mu);
     std::uint64_t left = 0;
-    for (const auto& chunk : s.queue)
-        for (const auto& e : chunk) left += e.message_count();
+    for (const auto& b : s.queue) left += b.message_total();
     s.queue.clear();
     s.queued_rows = 0;
     if (left) s.metrics.drop(DropReason::shutdown, left);
