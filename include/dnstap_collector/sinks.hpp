@@ -57,6 +57,8 @@ struct PostgresOptions {
     std::string spool_dir;                                // empty: no spool
     std::uint64_t spool_max_bytes = 1ull << 30;
     bool pdns = true;                                     // maintain dnstap.pdns
+    bool wait_for_room = false;                           // consume() waits for room instead of
+                                                          // dropping (import: a file can wait)
     std::chrono::seconds shutdown_timeout{10};
 };
 

@@ -628,8 +628,9 @@ struct PostgresSink::Impl {
             std::unique_lock lock(mu);
             if (queued_rows >= opt.queue_rows && !closing) {
                 has_rows.notify_one();
-                has_room.wait_until(lock, Clock::now() + consume_wait,
-                                    [&] { return queued_rows < opt.queue_rows || closing; });
+                const auto room = [&] { return queued_rows < opt.queue_rows || closing; };
+                if (opt.wait_for_room) has_room.wait(lock, room);
+                else has_room.wait_until(lock, Clock::now() + consume_wait, room);
             }
             if (closing || queued_rows >= opt.queue_rows) {
                 lock.unlock();
