@@ -43,12 +43,10 @@ enum class PartitionWidth { hour, day };
 
 struct PostgresOptions {
     std::string conninfo;                                 // libpq conninfo or URI; PG* env also works
-    std::size_t batch_rows = 20'000;                      // flush at this many rows...
-    std::chrono::milliseconds flush_interval{250};        // ...or this long after the first row
+    std::size_t batch_rows = 20'000;                      // rows sent into the COPY at a time
     // Rows stream into one open COPY (one transaction, one pdns merge) for up to this long
     // before COMMIT: rows are visible at most commit_interval after they reach the sink
-    // (plus the COMMIT itself). Rows are sent as soon as they are queued, so flush_interval
-    // delays nothing any more.
+    // (plus the COMMIT itself). Rows are sent as soon as they are queued.
     std::chrono::milliseconds commit_interval{500};
     std::size_t queue_rows = 50'000;                      // rows waiting for the writer (encoded: ~350 bytes each)
     PartitionWidth partition_width = PartitionWidth::day;

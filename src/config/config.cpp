@@ -216,10 +216,12 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { pg(c).conninfo = v; }},
         {"queue-rows", 0, "postgres.queue_rows", true, "rows waiting for the database writer before drops (default 50000)",
          [](Config& c, const std::string& v) { pg(c).queue_rows = parse_number<std::size_t>(v, "queue rows", 1, 100'000'000); }},
-        {"batch-rows", 0, "postgres.batch_rows", true, "rows per COPY batch (default 20000)",
+        {"batch-rows", 0, "postgres.batch_rows", true, "rows the writer sends into the open COPY at a time (default 20000)",
          [](Config& c, const std::string& v) { pg(c).batch_rows = parse_number<std::size_t>(v, "batch rows", 1, 10'000'000); }},
-        {"flush-interval", 0, "postgres.flush_interval", true, "seconds before a partial batch is written (default 0.25)",
-         [](Config& c, const std::string& v) { pg(c).flush_interval = parse_seconds(v, "flush interval"); }},
+        // Older configurations: rows are now sent as they come, and what bounds their delay
+        // is the commit interval, so the old name sets that.
+        {"flush-interval", 0, "postgres.flush_interval", true, "former name of --commit-interval",
+         [](Config& c, const std::string& v) { pg(c).commit_interval = parse_seconds(v, "flush interval"); }},
         {"commit-interval", 0, "postgres.commit_interval", true, "seconds batches stream into one transaction before COMMIT (default 0.5)",
          [](Config& c, const std::string& v) { pg(c).commit_interval = parse_seconds(v, "commit interval"); }},
         {"partition", 0, "postgres.partition", true, "partition width: day or hour (default day)",

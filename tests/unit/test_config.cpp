@@ -85,3 +85,20 @@ TEST_CASE("a bad TOML value is an error naming the key and its line") {
     CHECK_THROWS_WITH(parse({"serve", "--config", path}), Catch::Contains("postgres.partition") && Catch::Contains(":3"));
     std::remove(path.c_str());
 }
+
+TEST_CASE("flush_interval of an older configuration sets the commit interval") {
+    const auto file = write_file("[postgres]\nconninfo = \"dbname=x\"\nflush_interval = 0.75\n");
+    auto c = parse({"serve", "-u", "/run/a.sock", "--config", file});
+    std::remove(file.c_str());
+    REQUIRE(c.postgres);
+    CHECK(c.postgres->commit_interval == std::chrono::milliseconds(750));
+    CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--flush-interval", "2"})
+              .postgres->commit_interval == std::chrono::seconds(2));
+}
+
+TEST_CASE("queue-bytes bounds the frame queue and refuses a budget under 1 MiB") {
+    CHECK(parse({"serve", "-u", "/run/a.sock", "-w", "/tmp/x", "--queue-bytes", "16777216"}).pipeline.queue_bytes ==
+          16u << 20);
+    CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "-w", "/tmp/x", "--queue-bytes", "1000"}),
+                      Catch::Contains("queue bytes"));
+}
