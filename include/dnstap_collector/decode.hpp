@@ -1,6 +1,8 @@
-// dnstap protobuf -> DnstapMessage (code generated from proto/dnstap.proto), with both DNS
-// payloads parsed by dns.hpp. Two tiers of failure: a frame that is not a dnstap Message is
-// dropped and counted; a bad DNS payload inside a good frame is kept with its error.
+// dnstap protobuf -> DnstapMessage (read straight from the frame's bytes, with libprotobuf's
+// semantics for proto/dnstap.proto; the generated code is the reference of the differential
+// tests), with both DNS payloads parsed by dns.hpp. Two tiers of failure: a frame that is not
+// a dnstap Message is dropped and counted; a bad DNS payload inside a good frame is kept with
+// its error.
 #pragma once
 
 #include <array>

@@ -1,4 +1,10 @@
 // dnstap protobuf frame -> DnstapMessage, with the DNS payloads parsed by parse_dns().
+// The frame is read straight from its bytes (wire_reader.hpp) into views of the frame, with
+// libprotobuf's semantics for proto/dnstap.proto (proto2): the last occurrence of a scalar
+// field wins, embedded messages occurring more than once are merged, enum values outside
+// the enum are unknown fields (the field keeps its previous value), unknown fields of every
+// wire type are skipped, required fields are checked after the parse. The generated code
+// (dnstap.pb.h) is the reference of the differential tests (tests/fuzz/decode_reference.hpp).
 
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -7,8 +13,7 @@
 #include <cstring>
 #include <vector>
 
-#include "dnstap.pb.h"
-
+#include "decode/wire_reader.hpp"
 #include "dns/dns_internal.hpp"
 #include "dnstap_collector/decode.hpp"
 
@@ -16,15 +21,186 @@ namespace dnstap_collector {
 
 namespace {
 
-// Reused per thread: Clear() keeps the string buffers, so steady state allocates little.
-dnstap::Dnstap& scratch() {
-    thread_local dnstap::Dnstap d;
-    return d;
+using wire::Span;
+using wire::WireReader;
+
+std::string_view view(const Span& s) noexcept {
+    return {reinterpret_cast<const char*>(s.p), s.n};
+}
+
+std::span<const std::uint8_t> bytes_of(const Span& s) noexcept { return {s.p, s.n}; }
+
+// ---- the frame as libprotobuf would parse it, with views into the frame -------------------
+
+struct RawPolicy {
+    Span type, rule, value;  // present() as has_*()
+    std::uint32_t action = 0, match = 0;
+    bool has_action = false, has_match = false;
+};
+
+struct RawMessage {
+    Span query_address, response_address, query_message, query_zone, response_message;
+    std::uint64_t query_time_sec = 0, response_time_sec = 0;
+    std::uint32_t type = 0, family = 0, protocol = 0, http_protocol = 0;
+    std::uint32_t query_port = 0, response_port = 0, query_time_nsec = 0, response_time_nsec = 0;
+    bool has_type = false, has_family = false, has_protocol = false, has_http_protocol = false;
+    bool has_query_port = false, has_response_port = false;
+    bool has_query_time_sec = false, has_response_time_sec = false;
+    bool has_policy = false;
+    RawPolicy policy;
+};
+
+struct RawDnstap {
+    Span identity, version, extra;
+    bool has_type = false, has_message = false;
+    RawMessage message;
+};
+
+// Wire tags: field number << 3 | wire type (0 varint, 2 length-delimited, 5 fixed32).
+constexpr std::uint32_t tag_of(std::uint32_t number, std::uint32_t wire_type) {
+    return number << 3 | wire_type;
+}
+
+// A tag this message does not know with this wire type: tag 0 and end-group tags end the
+// parse of a message in libprotobuf, and a message that does not end at its length (or at the
+// end of the frame) is rejected; anything else is skipped as an unknown field.
+bool unknown(WireReader& r, std::uint32_t t, int depth) noexcept {
+    if (t == 0 || (t & 7) == 4) return false;
+    return r.skip_field(t, depth);
+}
+
+// A closed (proto2) enum: a value outside 1..max (compared as libprotobuf's IsValid(int),
+// on the low 32 bits) goes to the unknown fields and the field keeps what it had.
+bool read_enum(WireReader& r, std::uint32_t max, std::uint32_t& value, bool& has) noexcept {
+    std::uint64_t v;
+    if (!r.varint(v)) return false;
+    const auto low = static_cast<std::uint32_t>(v);
+    if (low >= 1 && low <= max) {
+        value = low;
+        has = true;
+    }
+    return true;
+}
+
+bool read_u32(WireReader& r, std::uint32_t& value, bool& has) noexcept {
+    std::uint64_t v;
+    if (!r.varint(v)) return false;
+    value = static_cast<std::uint32_t>(v);
+    has = true;
+    return true;
+}
+
+bool read_u64(WireReader& r, std::uint64_t& value, bool& has) noexcept {
+    if (!r.varint(value)) return false;
+    has = true;
+    return true;
+}
+
+// Policy.Action, Policy.Match, SocketProtocol, SocketFamily, HttpProtocol, Message.Type.
+constexpr std::uint32_t action_max = 6, match_max = 5, protocol_max = 7, family_max = 2,
+                        http_max = 3, type_max = 14;
+
+bool parse_policy(Span bytes, RawPolicy& p, int depth) noexcept {
+    WireReader r(bytes.p, bytes.n);
+    while (!r.done()) {
+        std::uint32_t t;
+        if (!r.tag(t)) return false;
+        bool ok;
+        switch (t) {
+        case tag_of(1, 2): ok = r.length(p.type); break;
+        case tag_of(2, 2): ok = r.length(p.rule); break;
+        case tag_of(3, 0): ok = read_enum(r, action_max, p.action, p.has_action); break;
+        case tag_of(4, 0): ok = read_enum(r, match_max, p.match, p.has_match); break;
+        case tag_of(5, 2): ok = r.length(p.value); break;
+        default: ok = unknown(r, t, depth); break;
+        }
+        if (!ok) return false;
+    }
+    return true;
+}
+
+bool parse_message(Span bytes, RawMessage& m, int depth) noexcept {
+    WireReader r(bytes.p, bytes.n);
+    while (!r.done()) {
+        std::uint32_t t;
+        if (!r.tag(t)) return false;
+        bool ok;
+        switch (t) {
+        case tag_of(1, 0): ok = read_enum(r, type_max, m.type, m.has_type); break;
+        case tag_of(2, 0): ok = read_enum(r, family_max, m.family, m.has_family); break;
+        case tag_of(3, 0): ok = read_enum(r, protocol_max, m.protocol, m.has_protocol); break;
+        case tag_of(4, 2): ok = r.length(m.query_address); break;
+        case tag_of(5, 2): ok = r.length(m.response_address); break;
+        case tag_of(6, 0): ok = read_u32(r, m.query_port, m.has_query_port); break;
+        case tag_of(7, 0): ok = read_u32(r, m.response_port, m.has_response_port); break;
+        case tag_of(8, 0): ok = read_u64(r, m.query_time_sec, m.has_query_time_sec); break;
+        case tag_of(9, 5): ok = r.fixed32(m.query_time_nsec); break;
+        case tag_of(10, 2): ok = r.length(m.query_message); break;
+        case tag_of(11, 2): ok = r.length(m.query_zone); break;
+        case tag_of(12, 0): ok = read_u64(r, m.response_time_sec, m.has_response_time_sec); break;
+        case tag_of(13, 5): ok = r.fixed32(m.response_time_nsec); break;
+        case tag_of(14, 2): ok = r.length(m.response_message); break;
+        case tag_of(15, 2): {
+            // Embedded message: a second occurrence merges into the first.
+            Span s;
+            ok = r.length(s) && depth > 0 && parse_policy(s, m.policy, depth - 1);
+            m.has_policy = true;
+            break;
+        }
+        case tag_of(16, 0): ok = read_enum(r, http_max, m.http_protocol, m.has_http_protocol); break;
+        default: ok = unknown(r, t, depth); break;
+        }
+        if (!ok) return false;
+    }
+    return true;
+}
+
+bool parse_dnstap(Span bytes, RawDnstap& d) noexcept {
+    WireReader r(bytes.p, bytes.n);
+    const int depth = wire::max_depth;
+    while (!r.done()) {
+        std::uint32_t t;
+        if (!r.tag(t)) return false;
+        bool ok;
+        switch (t) {
+        case tag_of(1, 2): ok = r.length(d.identity); break;
+        case tag_of(2, 2): ok = r.length(d.version); break;
+        case tag_of(3, 2): ok = r.length(d.extra); break;
+        case tag_of(14, 2): {
+            Span s;
+            ok = r.length(s) && depth > 0 && parse_message(s, d.message, depth - 1);
+            d.has_message = true;
+            break;
+        }
+        case tag_of(15, 0): {
+            std::uint32_t type = 0;  // Dnstap.Type: MESSAGE (1) only
+            ok = read_enum(r, 1, type, d.has_type);
+            break;
+        }
+        default: ok = unknown(r, t, depth); break;
+        }
+        if (!ok) return false;
+    }
+    return true;
+}
+
+std::string_view action_name(std::uint32_t a) noexcept {
+    static constexpr std::string_view names[] = {
+        "", "NXDOMAIN", "NODATA", "PASS", "DROP", "TRUNCATE", "LOCAL_DATA",
+    };
+    return a < std::size(names) ? names[a] : std::string_view{};
+}
+
+std::string_view match_name(std::uint32_t m) noexcept {
+    static constexpr std::string_view names[] = {
+        "", "QNAME", "CLIENT_IP", "RESPONSE_IP", "NS_NAME", "NS_IP",
+    };
+    return m < std::size(names) ? names[m] : std::string_view{};
 }
 
 // Free-form bytes (identity, version, extra, policy type) go to text columns: escaped to
 // plain ASCII; the common all-printable case is a plain copy.
-void set_text(std::string& out, const std::string& in) {
+void set_text(std::string& out, std::string_view in) {
     out.clear();
     dns_detail::append_escaped_ascii(out, in);
 }
@@ -32,7 +208,7 @@ void set_text(std::string& out, const std::string& in) {
 // set_text for identity, version and extra, which the storage decoded into last time most
 // likely holds already: escaping lengthens whatever it touches and its output is printable, so
 // bytes equal to that output with no backslash need no escaping and are there already.
-void set_same_text(std::string& out, const std::string& in) {
+void set_same_text(std::string& out, std::string_view in) {
     if (out.size() == in.size() && std::memcmp(out.data(), in.data(), in.size()) == 0 &&
         std::memchr(out.data(), '\\', out.size()) == nullptr)
         return;
@@ -40,10 +216,10 @@ void set_same_text(std::string& out, const std::string& in) {
 }
 
 // Returns false when the length is neither 4 nor 16 (the address stays empty).
-bool set_address(IpAddress& out, const std::string& in) {
-    if (in.size() != 4 && in.size() != 16) return false;
-    std::memcpy(out.bytes.data(), in.data(), in.size());
-    out.length = static_cast<std::uint8_t>(in.size());
+bool set_address(IpAddress& out, Span in) {
+    if (in.n != 4 && in.n != 16) return false;
+    std::memcpy(out.bytes.data(), in.p, in.n);
+    out.length = static_cast<std::uint8_t>(in.n);
     return true;
 }
 
@@ -60,44 +236,36 @@ std::int64_t to_ns(std::uint64_t sec, std::uint32_t nsec) {
     return static_cast<std::int64_t>(sec * ns_per_sec + nsec);
 }
 
-std::string hex(const std::string& bytes) {
+std::string hex(Span bytes) {
     static constexpr char digits[] = "0123456789abcdef";
     std::string s;
-    s.reserve(bytes.size() * 2);
-    for (const char c : bytes) {
-        const auto b = static_cast<std::uint8_t>(c);
+    s.reserve(bytes.n * 2);
+    for (std::size_t i = 0; i < bytes.n; ++i) {
+        const std::uint8_t b = bytes.p[i];
         s.push_back(digits[b >> 4]);
         s.push_back(digits[b & 0xF]);
     }
     return s;
 }
 
-std::span<const std::uint8_t> bytes_of(const std::string& s) {
-    return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
-}
-
-void decode_policy(const dnstap::Policy& in, Policy& out) {
+void decode_policy(const RawPolicy& in, Policy& out) {
     out.present = true;
-    if (in.has_type()) set_text(out.type, in.type());
-    if (in.has_rule()) {
+    if (in.type.present()) set_text(out.type, view(in.type));
+    if (in.rule.present()) {
         // RPZ rules are owner names of the policy zone; anything else is kept escaped.
-        if (!name_to_text(bytes_of(in.rule()), out.rule, true)) set_text(out.rule, in.rule());
+        if (!name_to_text(bytes_of(in.rule), out.rule, true)) set_text(out.rule, view(in.rule));
     }
-    if (in.has_action()) out.action = dnstap::Policy_Action_Name(in.action());
-    if (in.has_match()) out.match = dnstap::Policy_Match_Name(in.match());
-    if (in.has_value()) {
-        const std::string& v = in.value();
-        const auto match = in.has_match() ? in.match() : dnstap::Policy_Match{};
-        const bool ip_match = match == dnstap::Policy_Match_CLIENT_IP ||
-                              match == dnstap::Policy_Match_RESPONSE_IP ||
-                              match == dnstap::Policy_Match_NS_IP;
-        const bool name_match =
-            match == dnstap::Policy_Match_QNAME || match == dnstap::Policy_Match_NS_NAME;
+    if (in.has_action) out.action = action_name(in.action);
+    if (in.has_match) out.match = match_name(in.match);
+    if (in.value.present()) {
+        const std::uint32_t match = in.has_match ? in.match : 0;
+        const bool ip_match = match == 2 || match == 3 || match == 5;  // CLIENT_IP, RESPONSE_IP, NS_IP
+        const bool name_match = match == 1 || match == 4;              // QNAME, NS_NAME
         IpAddress ip;
-        if (ip_match && set_address(ip, v)) {
+        if (ip_match && set_address(ip, in.value)) {
             out.value = ip.to_string();
-        } else if (!(name_match && name_to_text(bytes_of(v), out.value, true))) {
-            out.value = hex(v);
+        } else if (!(name_match && name_to_text(bytes_of(in.value), out.value, true))) {
+            out.value = hex(in.value);
         }
     }
 }
@@ -254,46 +422,45 @@ DecodeStatus decode_dnstap(std::span<const std::uint8_t> frame, DnstapMessage& o
     };
     if (frame.size() > static_cast<std::size_t>(INT_MAX)) return fail(DecodeStatus::bad_protobuf);
 
-    dnstap::Dnstap& d = scratch();
-    // Partial parse + IsInitialized(): same verdict as ParseFromArray, which would also log
-    // every frame missing a required field.
-    if (!d.ParsePartialFromArray(frame.data(), static_cast<int>(frame.size())) ||
-        !d.IsInitialized())
+    RawDnstap d;
+    // Missing required fields (Dnstap.type, Message.type) fail like a malformed frame, as
+    // ParseFromArray does.
+    if (!parse_dnstap({frame.data(), frame.size()}, d) || !d.has_type ||
+        (d.has_message && !d.message.has_type))
         return fail(DecodeStatus::bad_protobuf);
-    if (d.type() != dnstap::Dnstap_Type_MESSAGE || !d.has_message())
-        return fail(DecodeStatus::not_message);
+    if (!d.has_message) return fail(DecodeStatus::not_message);
 
-    if (d.has_identity()) set_same_text(out.identity, d.identity()); else out.identity.clear();
-    if (d.has_version()) set_same_text(out.version, d.version()); else out.version.clear();
-    if (d.has_extra()) set_same_text(out.extra, d.extra()); else out.extra.clear();
+    if (d.identity.present()) set_same_text(out.identity, view(d.identity)); else out.identity.clear();
+    if (d.version.present()) set_same_text(out.version, view(d.version)); else out.version.clear();
+    if (d.extra.present()) set_same_text(out.extra, view(d.extra)); else out.extra.clear();
 
-    const dnstap::Message& m = d.message();
-    out.type = static_cast<MessageType>(m.type());  // required, and a closed enum: 1..14
-    if (m.has_socket_family()) out.family = static_cast<SocketFamily>(m.socket_family());
-    if (m.has_socket_protocol()) out.protocol = static_cast<SocketProtocol>(m.socket_protocol());
-    if (m.has_query_address() && !set_address(out.query_address, m.query_address()))
+    const RawMessage& m = d.message;
+    out.type = static_cast<MessageType>(m.type);  // required, and a closed enum: 1..14
+    if (m.has_family) out.family = static_cast<SocketFamily>(m.family);
+    if (m.has_protocol) out.protocol = static_cast<SocketProtocol>(m.protocol);
+    if (m.query_address.present() && !set_address(out.query_address, m.query_address))
         out.bad_address_length = true;
-    if (m.has_response_address() && !set_address(out.response_address, m.response_address()))
+    if (m.response_address.present() && !set_address(out.response_address, m.response_address))
         out.bad_address_length = true;
-    out.has_query_port = m.has_query_port();
-    out.query_port = m.query_port();
-    out.has_response_port = m.has_response_port();
-    out.response_port = m.response_port();
-    if (m.has_query_time_sec()) out.query_time_ns = to_ns(m.query_time_sec(), m.query_time_nsec());
-    if (m.has_response_time_sec())
-        out.response_time_ns = to_ns(m.response_time_sec(), m.response_time_nsec());
-    if (m.has_query_zone() && !name_to_text(bytes_of(m.query_zone()), out.query_zone, true))
-        set_text(out.query_zone, m.query_zone());
-    if (m.has_policy()) decode_policy(m.policy(), out.policy);
-    if (m.has_http_protocol()) out.http_protocol = static_cast<std::uint8_t>(m.http_protocol());
+    out.has_query_port = m.has_query_port;
+    out.query_port = m.query_port;
+    out.has_response_port = m.has_response_port;
+    out.response_port = m.response_port;
+    if (m.has_query_time_sec) out.query_time_ns = to_ns(m.query_time_sec, m.query_time_nsec);
+    if (m.has_response_time_sec)
+        out.response_time_ns = to_ns(m.response_time_sec, m.response_time_nsec);
+    if (m.query_zone.present() && !name_to_text(bytes_of(m.query_zone), out.query_zone, true))
+        set_text(out.query_zone, view(m.query_zone));
+    if (m.has_policy) decode_policy(m.policy, out.policy);
+    if (m.has_http_protocol) out.http_protocol = static_cast<std::uint8_t>(m.http_protocol);
 
     bool dns_ok = true;
-    if (m.has_query_message())
-        dns_ok &= parse_dns(bytes_of(m.query_message()), engage(out.query));
+    if (m.query_message.present())
+        dns_ok &= parse_dns(bytes_of(m.query_message), engage(out.query));
     else
         park(out.query);
-    if (m.has_response_message())
-        dns_ok &= parse_dns(bytes_of(m.response_message()), engage(out.response));
+    if (m.response_message.present())
+        dns_ok &= parse_dns(bytes_of(m.response_message), engage(out.response));
     else
         park(out.response);
     return dns_ok ? DecodeStatus::ok : DecodeStatus::dns_error;

@@ -1,68 +1,18 @@
 // Pairing-key hash straight from the protobuf wire, so ingest can route frames to workers
-// without a full decode. Hand-written scan (no generated code): every read is bounds-checked
+// without a full decode. Hand-written scan (wire_reader.hpp): every read is bounds-checked
 // and anything that is not well-formed protobuf gives 0.
 
 #include <cstring>
 
+#include "decode/wire_reader.hpp"
 #include "dnstap_collector/decode.hpp"
 
 namespace dnstap_collector {
 
 namespace {
 
-struct Span {
-    const std::uint8_t* p = nullptr;
-    std::size_t n = 0;
-    bool present() const noexcept { return p != nullptr; }
-};
-
-class WireReader {
-public:
-    WireReader(const std::uint8_t* p, std::size_t n) noexcept : p_(p), end_(p + n) {}
-    bool done() const noexcept { return p_ == end_; }
-
-    bool varint(std::uint64_t& v) noexcept {
-        v = 0;
-        for (unsigned shift = 0; shift < 64; shift += 7) {
-            if (p_ == end_) return false;
-            const std::uint8_t b = *p_++;
-            v |= static_cast<std::uint64_t>(b & 0x7F) << shift;
-            if (!(b & 0x80)) return true;
-        }
-        return false;  // more than 10 bytes
-    }
-
-    // One field: its number, wire type and (for length-delimited) its payload. Fixed-size and
-    // varint values are skipped or returned in `value`. Groups are treated as garbage.
-    bool field(std::uint32_t& number, std::uint64_t& value, Span& bytes) noexcept {
-        std::uint64_t key;
-        if (!varint(key)) return false;
-        number = static_cast<std::uint32_t>(key >> 3);
-        if (number == 0 || (key >> 3) > 0x1FFFFFFF) return false;
-        switch (key & 7) {
-        case 0: return varint(value);
-        case 1: return skip(8);
-        case 2: {
-            std::uint64_t len;
-            if (!varint(len) || len > static_cast<std::uint64_t>(end_ - p_)) return false;
-            bytes = {p_, static_cast<std::size_t>(len)};
-            p_ += len;
-            return true;
-        }
-        case 5: return skip(4);
-        default: return false;
-        }
-    }
-
-private:
-    bool skip(std::size_t n) noexcept {
-        if (static_cast<std::size_t>(end_ - p_) < n) return false;
-        p_ += n;
-        return true;
-    }
-    const std::uint8_t* p_;
-    const std::uint8_t* end_;
-};
+using wire::Span;
+using wire::WireReader;
 
 // Word-at-a-time multiply-xorshift mixing, then a splitmix64 finaliser so the low bits (used
 // modulo the worker count) are well spread. Not cryptographic: it only routes frames.

@@ -4,6 +4,8 @@
 //
 // The input is one data-frame payload (seeds: tests/fuzz/corpus/fuzz_dnstap_decode/, frames
 // captured from a real named). Invariants beyond "no crash / ASan / UBSan report":
+//   * decode_dnstap (hand-written wire reader) gives the status and format_json() of the decode
+//     through the generated protobuf code it replaced (decode_reference.hpp), for every input;
 //   * decode is deterministic and reset(): decoding into a used message gives the same result;
 //   * route_hash is deterministic; every string of the message is printable ASCII;
 //   * format_text is printable; format_json and format_exchange_json are well-formed JSON
@@ -22,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "decode_reference.hpp"
 #include "dnstap_collector/decode.hpp"
 #include "dnstap_collector/metrics.hpp"
 #include "dnstap_collector/pair.hpp"
@@ -216,6 +219,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     DnstapMessage m;
     const DecodeStatus status = decode_dnstap(frame, m);
     if (m.frame_size != size) fail("frame_size");
+    {
+        DnstapMessage r;
+        const DecodeStatus reference_status = reference::decode_dnstap_reference(frame, r);
+        if (reference_status != status) fail("decode_dnstap status differs from the protobuf decode");
+        const std::string json = format_json(m);
+        if (format_json(r) != json) fail("decode_dnstap differs from the protobuf decode", json);
+    }
     if (status == DecodeStatus::bad_protobuf || status == DecodeStatus::not_message) return 0;
 
     check_strings(m);
