@@ -98,6 +98,18 @@ _cleanup() {
   [[ -n "$COLLECTOR_PID" ]] && _terminate "$COLLECTOR_PID" 20
   [[ -n "$CAPTURE_PID" ]] && _terminate "$CAPTURE_PID" 5
   [[ -n "$PG_DIR" ]] && stop_postgres
+  # In sanitizer builds a report does not always change an exit status the test looks at
+  # (a helper command's output, a collector killed on purpose): any report fails the test.
+  local reports
+  reports="$(grep -rIlE --exclude-dir=pg 'ERROR: (Address|Leak|Thread)Sanitizer|WARNING: ThreadSanitizer|runtime error: ' "$WORK" 2>/dev/null)"
+  if [[ -n "$reports" ]]; then
+    local f
+    for f in $reports; do
+      log "sanitizer report in ${f#"$WORK"/}:"
+      grep -m1 -A12 -E 'Sanitizer|runtime error: ' "$f" >&2
+    done
+    ((rc != 0)) || rc=1
+  fi
   touch "$WORK/.done"
   if [[ "${KEEP_WORK:-0}" == 1 ]]; then
     log "keeping $WORK (KEEP_WORK=1)"
