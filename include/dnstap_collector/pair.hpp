@@ -16,11 +16,14 @@ namespace dnstap_collector {
 
 struct Metrics;
 
+// The messages are held by pointer: the pairer hands over the very objects it decoded into
+// and takes them back through recycle(), so a message is never moved (it is large).
 struct Exchange {
-    std::optional<DnstapMessage> query;     // *_QUERY message, if seen
-    std::optional<DnstapMessage> response;  // *_RESPONSE message, if seen
+    std::unique_ptr<DnstapMessage> query;     // *_QUERY message, if seen
+    std::unique_ptr<DnstapMessage> response;  // *_RESPONSE message, if seen
     std::uint32_t message_count() const noexcept { return (query ? 1u : 0u) + (response ? 1u : 0u); }
     const DnstapMessage& any() const noexcept { return query ? *query : *response; }
+    Exchange clone() const;  // deep copy, for a fan-out to several sinks
 };
 
 // The columns every output shares, derived once from the pair: which message supplies the
@@ -50,16 +53,16 @@ struct PairOptions {
 // paired: they are emitted on their own at once.
 //
 // Steady state allocates nothing: waiting messages live in reused slots, the table is open
-// addressing over slot numbers, the wait lists are linked through the slots, and the storage
-// of emitted exchanges (strings, answer vectors) comes back through recycle() when the sink
-// left it in place.
+// addressing over slot numbers, the wait lists are linked through the slots, and the
+// messages of emitted exchanges (with their strings and answer vectors) come back through
+// recycle() when the sink left them in place.
 class Pairer {
 public:
     using Emit = std::function<void(Exchange&&)>;
     using Clock = std::chrono::steady_clock;
 
     Pairer(PairOptions options, Metrics& metrics, Emit emit);
-    // Builds each exchange in place at the end of `out` (one move less per message) and then
+    // Builds each exchange at the end of `out` (no Exchange is moved) and then
     // calls `emitted`, which may remove it again (filters) or hand `out` off. `out` must
     // have room (reserve) for the exchanges emitted before `emitted` empties it.
     Pairer(PairOptions options, Metrics& metrics, std::vector<Exchange>& out, std::function<void()> emitted);
@@ -123,7 +126,6 @@ private:
     void expire_side(WaitList& list, std::chrono::milliseconds timeout, Clock::time_point now, bool query);
     void emit_alone(std::unique_ptr<DnstapMessage> m, bool query);
     void emit_pair(std::unique_ptr<DnstapMessage> q, std::unique_ptr<DnstapMessage> r);
-    void drained(std::unique_ptr<DnstapMessage> m) noexcept;
     std::unique_ptr<DnstapMessage> fresh();
 
     PairOptions options_;
@@ -140,8 +142,7 @@ private:
     std::size_t size_ = 0;
     WaitList waiting_queries_, waiting_responses_;
     std::unique_ptr<DnstapMessage> next_;    // what next() handed out
-    std::vector<std::unique_ptr<DnstapMessage>> spare_;    // storage of recycled messages
-    std::vector<std::unique_ptr<DnstapMessage>> drained_;  // moved out into an exchange
+    std::vector<std::unique_ptr<DnstapMessage>> spare_;    // recycled messages, decoded into again
     std::int64_t newest_message_ns_ = 0;
     Clock::time_point coarse_now_{};
     unsigned coarse_uses_ = 0;

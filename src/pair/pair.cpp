@@ -162,6 +162,13 @@ Pairer::Pairer(PairOptions options, Metrics& metrics, Emit emit)
 Pairer::Pairer(PairOptions options, Metrics& metrics, std::vector<Exchange>& out, std::function<void()> emitted)
     : options_(options), metrics_(metrics), out_(&out), emitted_(std::move(emitted)) {}
 
+Exchange Exchange::clone() const {
+    Exchange c;
+    if (query) c.query = std::make_unique<DnstapMessage>(*query);
+    if (response) c.response = std::make_unique<DnstapMessage>(*response);
+    return c;
+}
+
 Exchange& Pairer::start_exchange() {
     if (out_ != nullptr) return out_->emplace_back();
     scratch_.query.reset();
@@ -180,25 +187,10 @@ void Pairer::finish_exchange(Exchange& e) {
 Pairer::~Pairer() = default;
 
 std::unique_ptr<DnstapMessage> Pairer::fresh() {
-    if (!spare_.empty()) {
-        auto m = std::move(spare_.back());
-        spare_.pop_back();
-        return m;
-    }
-    if (!drained_.empty()) {
-        auto m = std::move(drained_.back());
-        drained_.pop_back();
-        return m;
-    }
-    return std::make_unique<DnstapMessage>();
-}
-
-void Pairer::drained(std::unique_ptr<DnstapMessage> m) noexcept {
-    if (drained_.size() + spare_.size() >= max_spare) return;  // freed
-    try {
-        drained_.push_back(std::move(m));
-    } catch (...) {
-    }
+    if (spare_.empty()) return std::make_unique<DnstapMessage>();
+    auto m = std::move(spare_.back());
+    spare_.pop_back();
+    return m;
 }
 
 DnstapMessage& Pairer::next() {
@@ -208,23 +200,9 @@ DnstapMessage& Pairer::next() {
 
 void Pairer::recycle(std::vector<Exchange>& done) noexcept {
     try {
-        for (Exchange& e : done) {
-            for (std::optional<DnstapMessage>* side : {&e.query, &e.response}) {
-                if (!side->has_value()) continue;
-                if (spare_.size() >= max_spare) break;
-                // An emptied message if there is one; else the pool grows to what a hand-off
-                // needs (fresh() took the emptied ones for decoding when spares ran out).
-                std::unique_ptr<DnstapMessage> m;
-                if (!drained_.empty()) {
-                    m = std::move(drained_.back());
-                    drained_.pop_back();
-                } else {
-                    m = std::make_unique<DnstapMessage>();
-                }
-                *m = std::move(**side);
-                spare_.push_back(std::move(m));
-            }
-        }
+        for (Exchange& e : done)
+            for (std::unique_ptr<DnstapMessage>* side : {&e.query, &e.response})
+                if (*side && spare_.size() < max_spare) spare_.push_back(std::move(*side));
     } catch (...) {
         // Out of memory: what was not taken back is freed below.
     }
@@ -260,18 +238,15 @@ std::unique_ptr<DnstapMessage> Pairer::take(std::size_t bucket) {
 void Pairer::emit_alone(std::unique_ptr<DnstapMessage> m, bool query) {
     (query ? metrics_.queries_timed_out : metrics_.responses_orphaned).fetch_add(1, std::memory_order_relaxed);
     Exchange& e = start_exchange();
-    (query ? e.query : e.response).emplace(std::move(*m));
-    drained(std::move(m));
+    (query ? e.query : e.response) = std::move(m);
     finish_exchange(e);
 }
 
 void Pairer::emit_pair(std::unique_ptr<DnstapMessage> q, std::unique_ptr<DnstapMessage> r) {
     metrics_.pairs_matched.fetch_add(1, std::memory_order_relaxed);
     Exchange& e = start_exchange();
-    e.query.emplace(std::move(*q));
-    e.response.emplace(std::move(*r));
-    drained(std::move(q));
-    drained(std::move(r));
+    e.query = std::move(q);
+    e.response = std::move(r);
     finish_exchange(e);
 }
 

@@ -378,8 +378,8 @@ const std::array<Column, 35> columns = {{
          const DnsMessage* m = s.r ? s.r : s.q;
          if (m) w.text(flags_to_text(m->flags)); else w.null();
      }},
-    {"has_query", [](const S& s, W& w) { w.boolean(s.e.query.has_value()); }},
-    {"has_response", [](const S& s, W& w) { w.boolean(s.e.response.has_value()); }},
+    {"has_query", [](const S& s, W& w) { w.boolean(s.e.query != nullptr); }},
+    {"has_response", [](const S& s, W& w) { w.boolean(s.e.response != nullptr); }},
     {"latency_us", [](const S& s, W& w) { if (s.latency_us != -1) w.int8(s.latency_us); else w.null(); }},
     {"query_size", [](const S& s, W& w) { if (s.q) w.int4(static_cast<std::int32_t>(s.q->size)); else w.null(); }},
     {"response_size", [](const S& s, W& w) { if (s.r) w.int4(static_cast<std::int32_t>(s.r->size)); else w.null(); }},

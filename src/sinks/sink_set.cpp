@@ -8,7 +8,12 @@ void SinkSet::consume(std::vector<Exchange>&& batch) {
     ExchangeSink* last = nullptr;
     for (ExchangeSink* sink : sinks_) {
         if (!sink->active()) continue;
-        if (last) last->consume(std::vector<Exchange>(batch));
+        if (last) {
+            std::vector<Exchange> copy;
+            copy.reserve(batch.size());
+            for (const Exchange& e : batch) copy.push_back(e.clone());
+            last->consume(std::move(copy));
+        }
         last = sink;
     }
     if (last) last->consume(std::move(batch));

@@ -247,15 +247,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::vector<Exchange> exchanges;
     {
         Exchange alone;
-        if (is_query(m.type)) alone.query = m;
-        else alone.response = m;
+        if (is_query(m.type)) alone.query = std::make_unique<DnstapMessage>(m);
+        else alone.response = std::make_unique<DnstapMessage>(m);
         exchanges.push_back(std::move(alone));
         Exchange both;
-        both.query = m;
-        both.response = m;
+        both.query = std::make_unique<DnstapMessage>(m);
+        both.response = std::make_unique<DnstapMessage>(m);
         exchanges.push_back(std::move(both));
         Exchange response_only;
-        response_only.response = m;
+        response_only.response = std::make_unique<DnstapMessage>(m);
         exchanges.push_back(std::move(response_only));
     }
     for (const auto& e : exchanges) check_exchange_formats(e);

@@ -217,8 +217,8 @@ TEST_CASE("column table drives the COPY statement", "[copy]") {
 
 TEST_CASE("a paired exchange becomes one row", "[copy]") {
     Exchange e;
-    e.query = query_message();
-    e.response = response_message();
+    e.query = std::make_unique<DnstapMessage>(query_message());
+    e.response = std::make_unique<DnstapMessage>(response_message());
     e.query->identity = std::string("ns\0\xff", 4);
     e.response->query_zone = "Example.COM.";
 
@@ -266,7 +266,7 @@ TEST_CASE("a paired exchange becomes one row", "[copy]") {
 
 TEST_CASE("a lone query has NULL response columns", "[copy]") {
     Exchange e;
-    e.query = query_message();
+    e.query = std::make_unique<DnstapMessage>(query_message());
     e.query->query->error = "truncated";
     EncodedBatch b;
     append_exchange(e, b);
@@ -284,7 +284,7 @@ TEST_CASE("a lone query has NULL response columns", "[copy]") {
 
 TEST_CASE("a lone response is filed under its query time", "[copy]") {
     Exchange e;
-    e.response = response_message();
+    e.response = std::make_unique<DnstapMessage>(response_message());
     e.response->query_time_ns = t0_ns - 2'000'000;
     CHECK(exchange_time_us(e) == (t0_ns - 2'000'000) / 1000);
     e.response->query_time_ns = -1;
@@ -301,8 +301,8 @@ TEST_CASE("a lone response is filed under its query time", "[copy]") {
 
 TEST_CASE("EDNS, ECS, EDE and policy", "[copy]") {
     Exchange e;
-    e.query = query_message();
-    e.response = response_message();
+    e.query = std::make_unique<DnstapMessage>(query_message());
+    e.response = std::make_unique<DnstapMessage>(response_message());
     e.query->query->has_edns = true;
     e.query->query->edns_udp_size = 1232;
     e.query->query->edns_do = true;
@@ -328,7 +328,7 @@ TEST_CASE("EDNS, ECS, EDE and policy", "[copy]") {
 TEST_CASE("pdns aggregation", "[copy][pdns]") {
     PdnsAggregate agg;
     Exchange e;
-    e.response = response_message();
+    e.response = std::make_unique<DnstapMessage>(response_message());
     e.response->identity = "sensor-1";
     e.response->query_zone = "example.com";
     auto& answers = e.response->response->answers;
@@ -340,7 +340,7 @@ TEST_CASE("pdns aggregation", "[copy][pdns]") {
     e.response->response_time_ns -= 9'000'000'000;
     agg.add(e);
     Exchange lone_query;
-    lone_query.query = query_message();
+    lone_query.query = std::make_unique<DnstapMessage>(query_message());
     agg.add(lone_query);  // no response: nothing
 
     REQUIRE(agg.entries().size() == 2);
@@ -388,7 +388,7 @@ TEST_CASE("rdata target names", "[copy][pdns]") {
 
     PdnsAggregate agg;
     Exchange e;
-    e.response = response_message();
+    e.response = std::make_unique<DnstapMessage>(response_message());
     e.response->response->answers.clear();
     e.response->response->answers.push_back(ResourceRecord{"example.com", 15, 1, 60, "10 Mail.example.com."});
     agg.add(e);
@@ -401,8 +401,8 @@ TEST_CASE("rdata target names", "[copy][pdns]") {
 
 TEST_CASE("spool format 1 files still parse", "[copy][spool]") {
     std::vector<Exchange> ex(2);
-    for (auto& e : ex) e.query = query_message();
-    ex[1].response = response_message();
+    for (auto& e : ex) e.query = std::make_unique<DnstapMessage>(query_message());
+    ex[1].response = std::make_unique<DnstapMessage>(response_message());
     EncodedBatch b = encode_batch(ex, true);
     b.pdns_format = 1;  // what an older collector wrote (9-column pdns rows)
     std::string file = Spool::serialize(b);
@@ -422,8 +422,8 @@ TEST_CASE("spool format 1 files still parse", "[copy][spool]") {
 
 TEST_CASE("batches split by rows and survive the spool format", "[copy][spool]") {
     std::vector<Exchange> ex(3);
-    for (auto& e : ex) e.query = query_message();
-    ex[1].response = response_message();
+    for (auto& e : ex) e.query = std::make_unique<DnstapMessage>(query_message());
+    ex[1].response = std::make_unique<DnstapMessage>(response_message());
     EncodedBatch b = encode_batch(ex, true);
     REQUIRE(b.size() == 3);
     CHECK(b.message_total() == 4);
@@ -472,10 +472,10 @@ TEST_CASE("partition periods and names", "[partitions]") {
 
 TEST_CASE("pdns aggregates merge over a transaction like one aggregate", "[copy][pdns]") {
     Exchange e;
-    e.response = response_message();
+    e.response = std::make_unique<DnstapMessage>(response_message());
     e.response->identity = "sensor-1";
     e.response->response->answers.push_back(ResourceRecord{"alias.example.com", 5, 1, 60, "www.example.com."});
-    Exchange later = e;
+    Exchange later = e.clone();
     later.response->response_time_ns += 7'000'000'000;
     later.response->identity = "sensor-2";
     later.response->response->answers.push_back(ResourceRecord{"www.example.com", 28, 1, 60, "2001:db8::1"});
@@ -499,7 +499,9 @@ TEST_CASE("pdns aggregates merge over a transaction like one aggregate", "[copy]
     CHECK(it->second.last_us == (t0_ns + 1'500'000 + 7'000'000'000) / 1000);
 
     // encode_batch can leave the aggregate unencoded for the writer to merge.
-    std::vector<std::vector<Exchange>> chunks{{e, later}};
+    std::vector<std::vector<Exchange>> chunks(1);
+    chunks[0].push_back(e.clone());
+    chunks[0].push_back(later.clone());
     EncodedBatch b = encode_batch(chunks, true, {}, true);
     CHECK(b.pdns_count == 0);
     CHECK(b.pdns_rows.empty());
@@ -512,9 +514,9 @@ TEST_CASE("pdns aggregates merge over a transaction like one aggregate", "[copy]
 
 TEST_CASE("encoded batches concatenate by rows", "[copy]") {
     std::vector<Exchange> a(2), c(1);
-    for (auto& e : a) e.query = query_message();
-    a[1].response = response_message();
-    c[0].response = response_message();
+    for (auto& e : a) e.query = std::make_unique<DnstapMessage>(query_message());
+    a[1].response = std::make_unique<DnstapMessage>(response_message());
+    c[0].response = std::make_unique<DnstapMessage>(response_message());
     EncodedBatch x = encode_batch(a, false), y = encode_batch(c, false);
     std::vector<EncodedBatch> parts;
     parts.push_back(x);

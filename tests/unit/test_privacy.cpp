@@ -16,9 +16,9 @@ Exchange client_query(std::initializer_list<std::uint8_t> address, std::string q
     dns.qname = std::move(qname);
     m.query = dns;
     Exchange e;
-    e.response = m;  // a response with the same client side, as BIND's CR carries it
+    e.response = std::make_unique<DnstapMessage>(m);  // a response with the same client side, as BIND's CR carries it
     e.response->type = MessageType::client_response;
-    e.query = std::move(m);
+    e.query = std::make_unique<DnstapMessage>(std::move(m));
     return e;
 }
 
@@ -73,7 +73,7 @@ TEST_CASE("excluded kinds and names are not stored") {
     // with RD=1 and recursion off) is an auth exchange, kept whole.
     auto auth = client_query({192, 0, 2, 1}, "www.example.com", MessageType::auth_query);
     CHECK(privacy.apply(auth));
-    CHECK(auth.response.has_value());
+    CHECK(auth.response.get() != nullptr);
 
     PrivacyOptions names_only;
     names_only.exclude_names = {"internal.example"};

@@ -75,9 +75,9 @@ bool replay_dnstap(const Bytes& frame) {
     if (status == DecodeStatus::bad_protobuf || status == DecodeStatus::not_message) return true;
     bool ok = printable(format_text(m)) && printable(format_json(m));
     std::vector<Exchange> exchanges(2);
-    (is_query(m.type) ? exchanges[0].query : exchanges[0].response) = m;
-    exchanges[1].query = m;
-    exchanges[1].response = m;
+    (is_query(m.type) ? exchanges[0].query : exchanges[0].response) = std::make_unique<DnstapMessage>(m);
+    exchanges[1].query = std::make_unique<DnstapMessage>(m);
+    exchanges[1].response = std::make_unique<DnstapMessage>(m);
     for (const auto& e : exchanges) ok = ok && printable(format_exchange_text(e)) && printable(format_exchange_json(e));
     return ok && copy::encode_batch(exchanges, true).size() == 2;
 }
