@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -51,6 +52,56 @@ struct Policy {
     bool present = false;
 };
 
+// std::optional's interface with the value on the heap, so that moving it, or parking its
+// storage for the next message that needs one, moves a pointer (a DnsMessage is large and
+// a recycled DnstapMessage switches between query and response payloads every frame).
+// Copies are deep.
+template <class T>
+class HeapOptional {
+public:
+    HeapOptional() noexcept = default;
+    HeapOptional(std::nullopt_t) noexcept {}
+    HeapOptional(const T& v) : p_(std::make_unique<T>(v)) {}
+    HeapOptional(T&& v) : p_(std::make_unique<T>(std::move(v))) {}
+    HeapOptional(const HeapOptional& o) : p_(o.p_ ? std::make_unique<T>(*o.p_) : nullptr) {}
+    HeapOptional(HeapOptional&&) noexcept = default;
+    ~HeapOptional() = default;
+    HeapOptional& operator=(const HeapOptional& o) {
+        if (this != &o) {
+            if (o.p_) assign(*o.p_);
+            else reset();
+        }
+        return *this;
+    }
+    HeapOptional& operator=(HeapOptional&&) noexcept = default;
+    HeapOptional& operator=(std::nullopt_t) noexcept { reset(); return *this; }
+    HeapOptional& operator=(const T& v) { assign(v); return *this; }
+    HeapOptional& operator=(T&& v) { assign(std::move(v)); return *this; }
+
+    bool has_value() const noexcept { return p_ != nullptr; }
+    explicit operator bool() const noexcept { return has_value(); }
+    T& operator*() noexcept { return *p_; }
+    const T& operator*() const noexcept { return *p_; }
+    T* operator->() noexcept { return p_.get(); }
+    const T* operator->() const noexcept { return p_.get(); }
+    T& value() { return has_value() ? *p_ : throw std::bad_optional_access(); }
+    const T& value() const { return has_value() ? *p_ : throw std::bad_optional_access(); }
+    void reset() noexcept { p_.reset(); }
+    T& emplace() { p_ = std::make_unique<T>(); return *p_; }
+
+    // Storage hand-over without touching the value.
+    std::unique_ptr<T> release() noexcept { return std::move(p_); }
+    T& adopt(std::unique_ptr<T> storage) noexcept { p_ = std::move(storage); return *p_; }
+
+private:
+    template <class U>
+    void assign(U&& v) {
+        if (p_) *p_ = std::forward<U>(v);
+        else p_ = std::make_unique<T>(std::forward<U>(v));
+    }
+    std::unique_ptr<T> p_;
+};
+
 struct DnstapMessage {
     std::string identity;
     std::string version;
@@ -65,8 +116,8 @@ struct DnstapMessage {
     std::int64_t query_time_ns = -1;     // unix epoch ns, -1 when absent
     std::int64_t response_time_ns = -1;
     std::string query_zone;              // presentation, empty when absent
-    std::optional<DnsMessage> query;     // parsed query_message
-    std::optional<DnsMessage> response;  // parsed response_message
+    HeapOptional<DnsMessage> query;      // parsed query_message
+    HeapOptional<DnsMessage> response;   // parsed response_message
     Policy policy;
     std::uint8_t http_protocol = 0;
     std::uint32_t frame_size = 0;

@@ -11,6 +11,7 @@
 
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "decode/wire_reader.hpp"
@@ -274,29 +275,29 @@ void decode_policy(const RawPolicy& in, Policy& out) {
 // wait here for the next one that does, with the capacity of their strings and answers.
 constexpr std::size_t max_spare_dns = 64;
 
-std::vector<DnsMessage>& spare_dns() {
-    thread_local std::vector<DnsMessage> spares = [] {
-        std::vector<DnsMessage> v;
+std::vector<std::unique_ptr<DnsMessage>>& spare_dns() {
+    thread_local std::vector<std::unique_ptr<DnsMessage>> spares = [] {
+        std::vector<std::unique_ptr<DnsMessage>> v;
         v.reserve(max_spare_dns);
         return v;
     }();
     return spares;
 }
 
-void park(std::optional<DnsMessage>& dns) noexcept {
+void park(HeapOptional<DnsMessage>& dns) noexcept {
     if (!dns) return;
     auto& spares = spare_dns();
-    if (spares.size() < max_spare_dns) spares.push_back(std::move(*dns));  // reserved: no allocation
+    if (spares.size() < max_spare_dns) spares.push_back(dns.release());  // reserved: no allocation
     dns.reset();
 }
 
-DnsMessage& engage(std::optional<DnsMessage>& dns) {
+DnsMessage& engage(HeapOptional<DnsMessage>& dns) {
     if (dns) return *dns;
     auto& spares = spare_dns();
     if (spares.empty()) return dns.emplace();
-    dns.emplace(std::move(spares.back()));
+    DnsMessage& m = dns.adopt(std::move(spares.back()));
     spares.pop_back();
-    return *dns;
+    return m;
 }
 
 void clear(Policy& p) noexcept {
