@@ -271,7 +271,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (size & 1) po.exclude_names.pop_back();
         Privacy privacy(po);
         Exchange p;
-        (is_query(m.type) ? p.query : p.response) = m;
+        (is_query(m.type) ? p.query : p.response) = std::make_unique<DnstapMessage>(m);
         if (privacy.apply(p)) {
             check_strings(p.any());
             fuzz::check_json(format_json(p.any()), "format_json after privacy");
