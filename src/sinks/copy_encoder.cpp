@@ -519,7 +519,7 @@ void PdnsAggregate::add(const Exchange& e) {
         if (key.rrname.size() + key.rdata.size() > 2000) continue;
         auto it = entries_.find(key);
         if (it == entries_.end()) {
-            it = entries_.try_emplace(key).first;
+            it = insert(key);
             PdnsValue& v = it->second;
             v.first_us = v.last_us = t;
             v.rdata_name = rdata_target_name(rr.type, it->first.rdata);
@@ -535,23 +535,51 @@ void PdnsAggregate::add(const Exchange& e) {
     }
 }
 
+PdnsAggregate::Map::iterator PdnsAggregate::insert(const PdnsKey& key) {
+    if (spare_.empty()) return entries_.try_emplace(key).first;
+    Map::node_type node = std::move(spare_.back());
+    spare_.pop_back();
+    // Assignments into the node's strings reuse their storage.
+    node.key().rrname.assign(key.rrname);
+    node.key().rrtype.assign(key.rrtype);
+    node.key().rdata.assign(key.rdata);
+    PdnsValue& v = node.mapped();
+    v.first_us = v.last_us = 0;
+    v.count = 0;
+    v.bailiwick.clear();
+    v.sensor_id.clear();
+    v.rdata_name.clear();
+    return entries_.insert(std::move(node)).position;
+}
+
+void PdnsAggregate::clear() {
+    spare_.reserve(spare_.size() + entries_.size());
+    while (!entries_.empty()) spare_.push_back(entries_.extract(entries_.begin()));
+}
+
 void PdnsAggregate::merge(PdnsAggregate&& later) {
-    if (entries_.empty()) {
-        entries_.swap(later.entries_);
-        later.entries_.clear();
-        return;
-    }
-    entries_.merge(later.entries_);  // moves the nodes of keys new here; the others stay
-    for (auto& [key, v] : later.entries_) {
-        PdnsValue& d = entries_.find(key)->second;
+    for (const auto& [key, v] : later.entries_) {
+        auto it = entries_.find(key);
+        if (it == entries_.end()) {
+            it = insert(key);
+            PdnsValue& d = it->second;
+            d.first_us = v.first_us;
+            d.last_us = v.last_us;
+            d.count = v.count;
+            d.bailiwick.assign(v.bailiwick);
+            d.sensor_id.assign(v.sensor_id);
+            d.rdata_name.assign(v.rdata_name);
+            continue;
+        }
+        PdnsValue& d = it->second;
         d.first_us = std::min(d.first_us, v.first_us);
         d.last_us = std::max(d.last_us, v.last_us);
         d.count += v.count;
-        if (!v.bailiwick.empty()) d.bailiwick = std::move(v.bailiwick);
-        if (!v.sensor_id.empty()) d.sensor_id = std::move(v.sensor_id);
-        if (d.rdata_name.empty()) d.rdata_name = std::move(v.rdata_name);
+        if (!v.bailiwick.empty()) d.bailiwick.assign(v.bailiwick);
+        if (!v.sensor_id.empty()) d.sensor_id.assign(v.sensor_id);
+        if (d.rdata_name.empty()) d.rdata_name.assign(v.rdata_name);
     }
-    later.entries_.clear();
+    later.clear();
 }
 
 std::size_t PdnsKeyHash::operator()(const PdnsKey& k) const {
@@ -562,13 +590,11 @@ std::size_t PdnsKeyHash::operator()(const PdnsKey& k) const {
     return x;
 }
 
-std::string PdnsAggregate::encode() const {
-    std::vector<const Map::value_type*> sorted;
-    sorted.reserve(entries_.size());
-    for (const auto& entry : entries_) sorted.push_back(&entry);
+namespace {
+
+void encode_pdns_rows(std::vector<const PdnsAggregate::Map::value_type*>& sorted, std::string& out) {
     std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
-    std::string out;
-    out.reserve(entries_.size() * 120);
+    out.reserve(out.size() + sorted.size() * 120);
     RowWriter w(out);
     for (const auto* entry : sorted) {
         const PdnsKey& k = entry->first;
@@ -585,7 +611,23 @@ std::string PdnsAggregate::encode() const {
         if (v.sensor_id.empty()) w.null(); else w.text(v.sensor_id);
         if (v.rdata_name.empty()) w.null(); else w.text(v.rdata_name);
     }
+}
+
+}  // namespace
+
+std::string PdnsAggregate::encode() const {
+    std::vector<const Map::value_type*> sorted;
+    sorted.reserve(entries_.size());
+    for (const auto& entry : entries_) sorted.push_back(&entry);
+    std::string out;
+    encode_pdns_rows(sorted, out);
     return out;
+}
+
+void PdnsAggregate::encode(std::string& out) {
+    sorted_.clear();
+    for (const auto& entry : entries_) sorted_.push_back(&entry);
+    encode_pdns_rows(sorted_, out);
 }
 
 std::uint64_t EncodedBatch::message_total() const noexcept { return message_total(0, size()); }
@@ -634,6 +676,29 @@ EncodedBatch EncodedBatch::subset(const std::vector<bool>& done, bool keep_pdns)
     return out;
 }
 
+void EncodedBatch::clear() {
+    rows.clear();
+    row_end.clear();
+    messages.clear();
+    times_us.clear();
+    pdns_rows.clear();
+    pdns_count = 0;
+    pdns_format = 2;
+    pdns_map.clear();
+}
+
+void encode_into(EncodedBatch& out, std::span<const Exchange> exchanges, bool with_pdns) {
+    std::size_t n = out.size() + exchanges.size();
+    out.rows.reserve(n * 320);  // typical rows are 250..400 bytes
+    out.row_end.reserve(n);
+    out.messages.reserve(n);
+    out.times_us.reserve(n);
+    for (const auto& e : exchanges) {
+        append_exchange(e, out);
+        if (with_pdns) out.pdns_map.add(e);
+    }
+}
+
 EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns) {
     return encode_batch(std::span<const std::vector<Exchange>>(), with_pdns, exchanges);
 }
@@ -676,18 +741,22 @@ void EncodedBatch::encode_pdns() {
     pdns_map.clear();
 }
 
-EncodedBatch EncodedBatch::concat(std::span<const EncodedBatch> parts) {
+namespace {
+
+template <class Parts, class Get>
+EncodedBatch concat_parts(const Parts& parts, Get get) {
     EncodedBatch out;
     std::size_t bytes = 0, rows = 0;
     for (const auto& p : parts) {
-        bytes += p.rows.size();
-        rows += p.size();
+        bytes += get(p).rows.size();
+        rows += get(p).size();
     }
     out.rows.reserve(bytes);
     out.row_end.reserve(rows);
     out.messages.reserve(rows);
     out.times_us.reserve(rows);
-    for (const auto& p : parts) {
+    for (const auto& part : parts) {
+        const EncodedBatch& p = get(part);
         auto base = static_cast<std::uint32_t>(out.rows.size());
         out.rows += p.rows;
         for (std::uint32_t end : p.row_end) out.row_end.push_back(base + end);
@@ -695,6 +764,16 @@ EncodedBatch EncodedBatch::concat(std::span<const EncodedBatch> parts) {
         out.times_us.insert(out.times_us.end(), p.times_us.begin(), p.times_us.end());
     }
     return out;
+}
+
+}  // namespace
+
+EncodedBatch EncodedBatch::concat(std::span<const EncodedBatch> parts) {
+    return concat_parts(parts, [](const EncodedBatch& p) -> const EncodedBatch& { return p; });
+}
+
+EncodedBatch EncodedBatch::concat(std::span<const std::unique_ptr<EncodedBatch>> parts) {
+    return concat_parts(parts, [](const std::unique_ptr<EncodedBatch>& p) -> const EncodedBatch& { return *p; });
 }
 
 }  // namespace dnstap_collector::copy

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <span>
 #include <string>
@@ -97,20 +98,37 @@ struct PdnsKeyHash {
 class PdnsAggregate {
 public:
     using Map = std::unordered_map<PdnsKey, PdnsValue, PdnsKeyHash>;
+    PdnsAggregate() = default;
+    // Copies the entries only (not the spare storage).
+    PdnsAggregate(const PdnsAggregate& o) : entries_(o.entries_) {}
+    PdnsAggregate& operator=(const PdnsAggregate& o) {
+        if (this != &o) entries_ = o.entries_;
+        return *this;
+    }
+    PdnsAggregate(PdnsAggregate&&) noexcept = default;
+    PdnsAggregate& operator=(PdnsAggregate&&) noexcept = default;
+    ~PdnsAggregate() = default;
     // Answer-section records of the exchange's response, if any.
     void add(const Exchange& e);
-    // Adds another aggregate, taken to be later (its bailiwick and sensor win); moves its
-    // entries rather than copying them, and leaves it empty.
+    // Adds another aggregate, taken to be later (its bailiwick and sensor win), and leaves
+    // it empty. Entries are copied into nodes of this one (reused ones when there are), so
+    // both aggregates keep their storage for the next round.
     void merge(PdnsAggregate&& later);
     const Map& entries() const noexcept { return entries_; }
     bool empty() const noexcept { return entries_.empty(); }
     std::size_t size() const noexcept { return entries_.size(); }
-    void clear() noexcept { entries_.clear(); }
+    // Keeps the nodes (and their strings' storage) for the next keys.
+    void clear();
     // COPY rows (no header/trailer) in the staging table's column order, see
     // pdns_stage_columns; sorted by key.
     std::string encode() const;
+    // The same, appended to `out` (its storage reused).
+    void encode(std::string& out);
 private:
+    Map::iterator insert(const PdnsKey& key);
     Map entries_;
+    std::vector<Map::node_type> spare_;
+    std::vector<const Map::value_type*> sorted_;  // encode()'s scratch
 };
 inline constexpr std::string_view pdns_stage_columns =
     "rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id, rdata_name";
@@ -133,6 +151,8 @@ struct EncodedBatch {
     PdnsAggregate pdns_map;
 
     std::size_t size() const noexcept { return row_end.size(); }
+    // Empty, keeping the storage of every part (batches are reused).
+    void clear();
     std::uint64_t message_total() const noexcept;
     std::uint64_t message_total(std::size_t lo, std::size_t hi) const noexcept;
     // Full COPY payload (header + rows [lo, hi) + trailer).
@@ -145,6 +165,7 @@ struct EncodedBatch {
     void encode_pdns();
     // The rows of several batches, in order, as one (pdns parts are left out).
     static EncodedBatch concat(std::span<const EncodedBatch> parts);
+    static EncodedBatch concat(std::span<const std::unique_ptr<EncodedBatch>> parts);
 };
 
 EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns);
@@ -155,6 +176,8 @@ EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns);
 EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
                           std::span<const Exchange> more = {}, bool pdns_as_map = false,
                           std::string buffer = {});
+// Appends the rows (and, with_pdns, the pdns records to pdns_map) of `exchanges` to `out`.
+void encode_into(EncodedBatch& out, std::span<const Exchange> exchanges, bool with_pdns);
 void append_exchange(const Exchange& e, EncodedBatch& out);
 
 }  // namespace dnstap_collector::copy

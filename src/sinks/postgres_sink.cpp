@@ -14,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -111,8 +112,12 @@ struct PostgresSink::Impl {
     std::mutex mu;
     std::condition_variable has_rows, has_room;
     // Encoded rows as the workers handed them in, with their pdns aggregates.
-    std::deque<copy::EncodedBatch> queue;
+    std::deque<std::unique_ptr<copy::EncodedBatch>> queue;
     std::size_t queued_rows = 0;
+    // Batches back from a committed transaction, for consume() to encode into again: a
+    // steady stream then allocates nothing. Kept up to about one transaction's worth.
+    std::vector<std::unique_ptr<copy::EncodedBatch>> spare;
+    std::size_t spare_bytes = 0;
     bool closing = false;
     bool writer_done = false;
     std::condition_variable writer_finished;
@@ -133,11 +138,13 @@ struct PostgresSink::Impl {
     struct Txn {
         bool open = false;  // BEGIN and COPY sent
         Clock::time_point started{}, commit_at{};
-        std::vector<copy::EncodedBatch> batches;
+        std::vector<std::unique_ptr<copy::EncodedBatch>> batches;
         std::size_t bytes = 0;
         copy::PdnsAggregate pdns;
+        std::string pdns_rows;  // the encoded aggregate, storage reused
         bool active() const noexcept { return !batches.empty(); }
     } txn;
+    std::vector<std::unique_ptr<copy::EncodedBatch>> chunks;  // taken from the queue, per turn
     // Where the writer's time goes (logged at debug level when it stops).
     struct Phases {
         Clock::duration wait{}, encode{}, partitions{}, copy{}, pdns{}, upsert{}, commit{}, spool{};
@@ -410,15 +417,30 @@ struct PostgresSink::Impl {
 
     void reset_txn() {
         txn.open = false;
-        txn.batches.clear();
+        recycle(txn.batches);
         txn.bytes = 0;
         txn.pdns.clear();
+    }
+
+    // Emptied batches go back to consume(); beyond the cap they are freed.
+    void recycle(std::vector<std::unique_ptr<copy::EncodedBatch>>& batches) {
+        for (auto& b : batches)
+            if (b) b->clear();
+        {
+            std::lock_guard lock(mu);
+            for (auto& b : batches) {
+                if (!b || spare_bytes >= txn_max_bytes) continue;
+                spare_bytes += b->rows.capacity();
+                spare.push_back(std::move(b));
+            }
+        }
+        batches.clear();
     }
 
     void open_txn() {
         try {
             Timer t{phases.partitions};
-            parts.ensure_rows(*conn, txn.batches.back().times_us);
+            parts.ensure_rows(*conn, txn.batches.back()->times_us);
         } catch (const pg::Error& e) {
             if (e.connection_lost) throw;
             log::warning(std::string("cannot create partition: ") + e.what());  // rows will say more
@@ -433,14 +455,15 @@ struct PostgresSink::Impl {
     // Adds the chunks to the transaction (opening one), and sends their rows; their pdns
     // aggregates are merged while the server reads the rows. Chunks whose rows need a
     // partition not known to exist end the transaction first: no DDL inside a COPY.
-    void stream(std::vector<copy::EncodedBatch>& chunks) {
+    void stream() {
         bool covered = true;
-        for (const auto& c : chunks) covered = covered && parts.covers(c.times_us);
+        for (const auto& c : chunks) covered = covered && parts.covers(c->times_us);
         if (txn.active() && !covered) end_txn();
         if (past_deadline() || !(txn.open || connect())) {
             copy::EncodedBatch all = copy::EncodedBatch::concat(chunks);
-            for (auto& c : chunks) all.pdns_map.merge(std::move(c.pdns_map));
+            for (auto& c : chunks) all.pdns_map.merge(std::move(c->pdns_map));
             all.encode_pdns();
+            recycle(chunks);
             handle(std::move(all));
             return;
         }
@@ -451,18 +474,19 @@ struct PostgresSink::Impl {
             }
             std::size_t first = txn.batches.size();
             for (auto& c : chunks) {
-                txn.bytes += c.rows.size();
+                txn.bytes += c->rows.size();
                 txn.batches.push_back(std::move(c));
             }
+            chunks.clear();
             if (!txn.open) open_txn();
             {
                 Timer t{phases.copy};
                 // libpq sends as it buffers (non-blocking); the rest is flushed below.
-                for (std::size_t k = first; k < txn.batches.size(); ++k) conn->copy_put(txn.batches[k].rows, false);
+                for (std::size_t k = first; k < txn.batches.size(); ++k) conn->copy_put(txn.batches[k]->rows, false);
             }
             {
                 Timer t{phases.encode};
-                for (std::size_t k = first; k < txn.batches.size(); ++k) txn.pdns.merge(std::move(txn.batches[k].pdns_map));
+                for (std::size_t k = first; k < txn.batches.size(); ++k) txn.pdns.merge(std::move(txn.batches[k]->pdns_map));
             }
             Timer t{phases.copy};
             conn->copy_put({}, true);
@@ -479,15 +503,16 @@ struct PostgresSink::Impl {
             conn->copy_end();
         }
         if (!txn.pdns.empty()) {
-            std::string rows = txn.pdns.encode();
+            txn.pdns_rows.clear();
+            txn.pdns.encode(txn.pdns_rows);
             Timer t{phases.pdns};
-            conn->copy_in(stage_copy_sql, {copy::header(), rows, copy::trailer()});
+            conn->copy_in(stage_copy_sql, {copy::header(), txn.pdns_rows, copy::trailer()});
             Timer u{phases.upsert};
             conn->exec(upsert_pdns_sql);
         }
         commit();
         ++phases.transactions;
-        for (const auto& b : txn.batches) account(b, 0, b.size());
+        for (const auto& b : txn.batches) account(*b, 0, b->size());
         finish(txn.started);
         reset_txn();
     }
@@ -505,8 +530,8 @@ struct PostgresSink::Impl {
     // again, whole and then in parts to isolate rejected rows; else the spool or a wait).
     void fail_txn(const pg::Error& e) {
         copy::EncodedBatch all = copy::EncodedBatch::concat(txn.batches);
-        all.pdns_map = std::move(txn.pdns);
-        for (auto& b : txn.batches) all.pdns_map.merge(std::move(b.pdns_map));  // not merged yet
+        all.pdns_map.merge(std::move(txn.pdns));
+        for (auto& b : txn.batches) all.pdns_map.merge(std::move(b->pdns_map));  // not merged yet
         all.encode_pdns();
         reset_txn();
         if (e.connection_lost) {
@@ -555,14 +580,14 @@ struct PostgresSink::Impl {
 
     // Up to batch_rows of what is queued (at least one chunk), waiting until `until` for
     // something. `finished` once closing and nothing is left.
-    void take(std::vector<copy::EncodedBatch>& chunks, Clock::time_point until, bool& finished) {
+    void take(Clock::time_point until, bool& finished) {
         {
             Timer t{phases.wait};
             std::unique_lock lock(mu);
             if (queue.empty() && !closing) has_rows.wait_until(lock, until, [&] { return !queue.empty() || closing; });
             std::size_t rows = 0;
-            while (!queue.empty() && (chunks.empty() || rows + queue.front().size() <= opt.batch_rows)) {
-                rows += queue.front().size();
+            while (!queue.empty() && (chunks.empty() || rows + queue.front()->size() <= opt.batch_rows)) {
+                rows += queue.front()->size();
                 chunks.push_back(std::move(queue.front()));
                 queue.pop_front();
             }
@@ -577,14 +602,12 @@ struct PostgresSink::Impl {
         for (;;) {
             bool finished = false;
             auto idle = spool && !spool->empty() ? 100ms : 1000ms;
-            std::vector<copy::EncodedBatch> chunks;
-            take(chunks, txn.active() ? txn.commit_at : Clock::now() + idle, finished);
+            take(txn.active() ? txn.commit_at : Clock::now() + idle, finished);
             try {
-                std::erase_if(chunks, [](const copy::EncodedBatch& c) { return c.size() == 0 && c.pdns_map.empty(); });
                 if (!chunks.empty()) {
                     ++phases.batches;
-                    for (const auto& c : chunks) phases.rows += c.size();
-                    stream(chunks);
+                    for (const auto& c : chunks) phases.rows += c->size();
+                    stream();
                 }
                 if (txn.active() && (finished || Clock::now() >= txn.commit_at || txn.bytes >= txn_max_bytes ||
                                      past_deadline()))
@@ -592,9 +615,12 @@ struct PostgresSink::Impl {
             } catch (const std::exception& e) {
                 log::error(std::string("postgres writer: ") + e.what());
                 std::uint64_t n = 0;
-                for (const auto& c : chunks) n += c.message_total();  // moved-from ones count 0
-                for (const auto& t : txn.batches) n += t.message_total();
+                for (const auto& c : chunks)
+                    if (c) n += c->message_total();
+                for (const auto& t : txn.batches)
+                    if (t) n += t->message_total();
                 metrics.drop(DropReason::row_rejected, n);
+                chunks.clear();
                 reset_txn();
                 conn.reset();  // state unknown
             }
@@ -640,16 +666,31 @@ struct PostgresSink::Impl {
                 return;
             }
         }
-        copy::EncodedBatch e = copy::encode_batch({}, opt.pdns, batch, true);
-        if (e.size() == 0 && e.pdns_map.empty()) return;
+        std::unique_ptr<copy::EncodedBatch> e;
         {
             std::lock_guard lock(mu);
-            if (closing) {
-                // stop() has begun: the writer may be gone already.
-                metrics.drop(DropReason::sink_full, e.message_total());
+            if (!spare.empty()) {
+                e = std::move(spare.back());
+                spare.pop_back();
+                spare_bytes -= std::min(spare_bytes, e->rows.capacity());
+            }
+        }
+        if (!e) e = std::make_unique<copy::EncodedBatch>();
+        copy::encode_into(*e, batch, opt.pdns);
+        {
+            std::lock_guard lock(mu);
+            if (e->size() == 0 && e->pdns_map.empty()) {
+                e->clear();
+                spare_bytes += e->rows.capacity();
+                spare.push_back(std::move(e));
                 return;
             }
-            queued_rows += e.size();
+            if (closing) {
+                // stop() has begun: the writer may be gone already.
+                metrics.drop(DropReason::sink_full, e->message_total());
+                return;
+            }
+            queued_rows += e->size();
             queue.push_back(std::move(e));
         }
         has_rows.notify_one();
@@ -707,7 +748,7 @@ void PostgresSink::stop() {
     // Never started: nothing will write what was queued.
     std::lock_guard lock(s.mu);
     std::uint64_t left = 0;
-    for (const auto& b : s.queue) left += b.message_total();
+    for (const auto& b : s.queue) left += b->message_total();
     s.queue.clear();
     s.queued_rows = 0;
     if (left) s.metrics.drop(DropReason::shutdown, left);
