@@ -457,7 +457,11 @@ std::string_view nth_field(std::string_view s, std::size_t n) {
 
 }  // namespace
 
-std::string rdata_target_name(std::uint16_t type, std::string_view rdata) {
+namespace {
+
+// The field of the rdata that holds the target name (see rdata_target_name), before it is
+// normalized; empty when there is none.
+std::string_view target_field(std::uint16_t type, std::string_view rdata) {
     std::size_t field = 0;
     switch (type) {
     case 2: case 5: case 12: case 39: field = 1; break;     // NS CNAME PTR DNAME
@@ -470,10 +474,8 @@ std::string rdata_target_name(std::uint16_t type, std::string_view rdata) {
     if (rdata.starts_with("\\#")) return {};
     std::string_view target = field == 1 ? rdata : nth_field(rdata, field);
     if (target.empty() || target == "." || target.front() == '"') return {};
-    return stored_name(target);
+    return target;
 }
-
-namespace {
 
 // stored_name into a reused string: no allocation once it has grown, when the name is
 // printable ASCII (nearly always).
@@ -492,7 +494,76 @@ void sanitized_into(std::string& out, std::string_view raw, bool escape_backslas
     else out = sanitize_text(raw, escape_backslash);
 }
 
+std::uint64_t pdns_hash(std::string_view rrname, std::uint16_t rrtype, std::string_view rdata) noexcept {
+    std::hash<std::string_view> h;
+    std::uint64_t x = h(rrname);
+    x ^= rrtype + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
+    x ^= h(rdata) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
+    return x;
+}
+
 }  // namespace
+
+std::string rdata_target_name(std::uint16_t type, std::string_view rdata) {
+    std::string_view target = target_field(type, rdata);
+    return target.empty() ? std::string() : stored_name(target);
+}
+
+PdnsAggregate::Str PdnsAggregate::put(std::string_view s) {
+    Str out{static_cast<std::uint32_t>(arena_.size()), static_cast<std::uint32_t>(s.size())};
+    arena_.append(s);
+    return out;
+}
+
+PdnsAggregate::Str PdnsAggregate::intern(std::string_view s, Str& last) {
+    if (s.empty()) return {};
+    if (str(last) != s) last = put(s);
+    return last;
+}
+
+void PdnsAggregate::grow() {
+    std::size_t n = std::max<std::size_t>(64, slots_.size() * 2);
+    slots_.assign(n, 0);
+    std::size_t mask = n - 1;
+    for (std::uint32_t i = 0; i < entries_.size(); ++i) {
+        std::size_t at = entries_[i].hash & mask;
+        while (slots_[at]) at = (at + 1) & mask;
+        slots_[at] = i + 1;
+    }
+}
+
+std::uint32_t PdnsAggregate::slot_for(std::uint64_t hash, std::string_view rrname, std::uint16_t rrtype,
+                                      std::string_view rdata, bool& fresh) {
+    // At most half full: short probe sequences.
+    if ((entries_.size() + 1) * 2 > slots_.size()) grow();
+    std::size_t mask = slots_.size() - 1;
+    std::size_t at = hash & mask;
+    for (; slots_[at]; at = (at + 1) & mask) {
+        const Entry& e = entries_[slots_[at] - 1];
+        if (e.hash == hash && e.rrtype == rrtype && str(e.rrname) == rrname && str(e.rdata) == rdata) {
+            fresh = false;
+            return slots_[at] - 1;
+        }
+    }
+    auto index = static_cast<std::uint32_t>(entries_.size());
+    Entry& e = entries_.emplace_back();
+    e.hash = hash;
+    e.first_us = e.last_us = 0;
+    e.count = 0;
+    e.rrtype = rrtype;
+    e.rrname = put(rrname);
+    e.rdata = put(rdata);
+    slots_[at] = index + 1;
+    fresh = true;
+    return index;
+}
+
+void PdnsAggregate::clear() noexcept {
+    if (!entries_.empty()) std::fill(slots_.begin(), slots_.end(), 0);
+    entries_.clear();
+    arena_.clear();
+    last_sensor_ = last_bailiwick_ = {};
+}
 
 void PdnsAggregate::add(const Exchange& e) {
     if (!e.response || !e.response->response) return;
@@ -500,134 +571,125 @@ void PdnsAggregate::add(const Exchange& e) {
     if (r.answers.empty()) return;
     std::int64_t t = e.response->response_time_ns >= 0 ? ns_to_us(e.response->response_time_ns)
                                                        : exchange_time_us(e);
-    // Scratch strings reused across calls: a key already in the map costs no allocation.
-    thread_local PdnsKey key;
-    thread_local std::string sensor, bailiwick;
+    // Scratch strings reused across calls (per thread: workers aggregate in parallel).
+    thread_local std::string rrname, rdata, target, sensor, bailiwick;
     sanitized_into(sensor, e.response->identity, true);
     if (e.response->query_zone.empty()) bailiwick.clear();
     else stored_name_into(bailiwick, e.response->query_zone);
     for (const auto& rr : r.answers) {
         if (rr.rclass != 1) continue;  // IN only: other classes are not passive DNS data
-        stored_name_into(key.rrname, rr.name);
-        key.rrtype.assign(type_text(rr.type));
+        stored_name_into(rrname, rr.name);
         // Lone-name rdata (CNAME, NS, PTR, DNAME) is stored like owner names so pdns_rdata can
         // look it up by name.
-        if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) stored_name_into(key.rdata, rr.rdata);
-        else sanitized_into(key.rdata, rr.rdata, false);
+        if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) stored_name_into(rdata, rr.rdata);
+        else sanitized_into(rdata, rr.rdata, false);
         // The unique btree index takes rows up to ~2.7 kB; longer records (big TXT) would fail
         // the whole upsert, so they stay out of pdns (they remain in exchange.answers).
-        if (key.rrname.size() + key.rdata.size() > 2000) continue;
-        auto it = entries_.find(key);
-        if (it == entries_.end()) {
-            it = insert(key);
-            PdnsValue& v = it->second;
+        if (rrname.size() + rdata.size() > 2000) continue;
+        bool fresh = false;
+        std::uint32_t i = slot_for(pdns_hash(rrname, rr.type, rdata), rrname, rr.type, rdata, fresh);
+        Entry& v = entries_[i];
+        if (fresh) {
             v.first_us = v.last_us = t;
-            v.rdata_name = rdata_target_name(rr.type, it->first.rdata);
+            if (std::string_view field = target_field(rr.type, rdata); !field.empty()) {
+                stored_name_into(target, field);
+                v.rdata_name = put(target);
+            }
         } else {
-            PdnsValue& v = it->second;
             v.first_us = std::min(v.first_us, t);
             v.last_us = std::max(v.last_us, t);
         }
-        PdnsValue& v = it->second;
         ++v.count;
-        if (!bailiwick.empty() && v.bailiwick != bailiwick) v.bailiwick = bailiwick;
-        if (!sensor.empty() && v.sensor_id != sensor) v.sensor_id = sensor;
+        if (!bailiwick.empty() && str(v.bailiwick) != bailiwick) v.bailiwick = intern(bailiwick, last_bailiwick_);
+        if (!sensor.empty() && str(v.sensor_id) != sensor) v.sensor_id = intern(sensor, last_sensor_);
     }
 }
 
-PdnsAggregate::Map::iterator PdnsAggregate::insert(const PdnsKey& key) {
-    if (spare_.empty()) return entries_.try_emplace(key).first;
-    Map::node_type node = std::move(spare_.back());
-    spare_.pop_back();
-    // Assignments into the node's strings reuse their storage.
-    node.key().rrname.assign(key.rrname);
-    node.key().rrtype.assign(key.rrtype);
-    node.key().rdata.assign(key.rdata);
-    PdnsValue& v = node.mapped();
-    v.first_us = v.last_us = 0;
-    v.count = 0;
-    v.bailiwick.clear();
-    v.sensor_id.clear();
-    v.rdata_name.clear();
-    return entries_.insert(std::move(node)).position;
-}
-
-void PdnsAggregate::clear() {
-    spare_.reserve(spare_.size() + entries_.size());
-    while (!entries_.empty()) spare_.push_back(entries_.extract(entries_.begin()));
-}
-
 void PdnsAggregate::merge(PdnsAggregate&& later) {
-    for (const auto& [key, v] : later.entries_) {
-        auto it = entries_.find(key);
-        if (it == entries_.end()) {
-            it = insert(key);
-            PdnsValue& d = it->second;
+    for (const Entry& v : later.entries_) {
+        bool fresh = false;
+        std::uint32_t i = slot_for(v.hash, later.str(v.rrname), v.rrtype, later.str(v.rdata), fresh);
+        Entry& d = entries_[i];
+        if (fresh) {
             d.first_us = v.first_us;
             d.last_us = v.last_us;
-            d.count = v.count;
-            d.bailiwick.assign(v.bailiwick);
-            d.sensor_id.assign(v.sensor_id);
-            d.rdata_name.assign(v.rdata_name);
-            continue;
+        } else {
+            d.first_us = std::min(d.first_us, v.first_us);
+            d.last_us = std::max(d.last_us, v.last_us);
         }
-        PdnsValue& d = it->second;
-        d.first_us = std::min(d.first_us, v.first_us);
-        d.last_us = std::max(d.last_us, v.last_us);
         d.count += v.count;
-        if (!v.bailiwick.empty()) d.bailiwick.assign(v.bailiwick);
-        if (!v.sensor_id.empty()) d.sensor_id.assign(v.sensor_id);
-        if (d.rdata_name.empty()) d.rdata_name.assign(v.rdata_name);
+        if (v.bailiwick.len && str(d.bailiwick) != later.str(v.bailiwick))
+            d.bailiwick = intern(later.str(v.bailiwick), last_bailiwick_);
+        if (v.sensor_id.len && str(d.sensor_id) != later.str(v.sensor_id))
+            d.sensor_id = intern(later.str(v.sensor_id), last_sensor_);
+        if (!d.rdata_name.len && v.rdata_name.len) d.rdata_name = put(later.str(v.rdata_name));
     }
     later.clear();
 }
 
-std::size_t PdnsKeyHash::operator()(const PdnsKey& k) const {
-    std::hash<std::string_view> h;
-    std::size_t x = h(k.rrname);
-    x ^= h(k.rrtype) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
-    x ^= h(k.rdata) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
-    return x;
+PdnsAggregate::View PdnsAggregate::view(const Entry& e) const {
+    return View{str(e.rrname), std::string(type_text(e.rrtype)), str(e.rdata), e.first_us, e.last_us, e.count,
+                str(e.bailiwick), str(e.sensor_id), str(e.rdata_name)};
 }
 
-namespace {
+std::optional<PdnsAggregate::View> PdnsAggregate::find(std::string_view rrname, std::string_view rrtype,
+                                                       std::string_view rdata) const {
+    for (const Entry& e : entries_)
+        if (str(e.rrname) == rrname && std::string_view(type_text(e.rrtype)) == rrtype && str(e.rdata) == rdata) return view(e);
+    return std::nullopt;
+}
 
-void encode_pdns_rows(std::vector<const PdnsAggregate::Map::value_type*>& sorted, std::string& out) {
-    std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
-    out.reserve(out.size() + sorted.size() * 120);
+void PdnsAggregate::sorted_order(std::vector<std::uint32_t>& order) const {
+    order.resize(entries_.size());
+    for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    // By (rrname, rrtype, rdata) as text, bytewise: the order of the upsert's conflict key
+    // under COLLATE "C".
+    std::sort(order.begin(), order.end(), [this](std::uint32_t a, std::uint32_t b) {
+        const Entry& x = entries_[a];
+        const Entry& y = entries_[b];
+        if (int c = str(x.rrname).compare(str(y.rrname)); c != 0) return c < 0;
+        if (x.rrtype != y.rrtype) {
+            // Types from 256 up share one scratch string in type_text: copy one of them.
+            if (x.rrtype >= 256 && y.rrtype >= 256) {
+                std::string first = type_text(x.rrtype);
+                return first < type_text(y.rrtype);
+            }
+            return type_text(x.rrtype) < type_text(y.rrtype);
+        }
+        return str(x.rdata) < str(y.rdata);
+    });
+}
+
+void PdnsAggregate::encode_rows(const std::vector<std::uint32_t>& order, std::string& out) const {
+    out.reserve(out.size() + order.size() * 120);
     RowWriter w(out);
-    for (const auto* entry : sorted) {
-        const PdnsKey& k = entry->first;
-        const PdnsValue& v = entry->second;
+    for (std::uint32_t i : order) {
+        const Entry& v = entries_[i];
         w.begin_row(10);
-        w.text(k.rrname);
-        w.text(k.rrtype);
-        w.text(k.rdata);
-        if (!((k.rrtype == "A" || k.rrtype == "AAAA") && w.inet_text(k.rdata))) w.null();
+        w.text(str(v.rrname));
+        w.text(type_text(v.rrtype));
+        w.text(str(v.rdata));
+        if (!((v.rrtype == 1 || v.rrtype == 28) && w.inet_text(str(v.rdata)))) w.null();
         w.timestamptz_unix_us(v.first_us);
         w.timestamptz_unix_us(v.last_us);
         w.int8(static_cast<std::int64_t>(v.count));
-        if (v.bailiwick.empty()) w.null(); else w.text(v.bailiwick);
-        if (v.sensor_id.empty()) w.null(); else w.text(v.sensor_id);
-        if (v.rdata_name.empty()) w.null(); else w.text(v.rdata_name);
+        if (!v.bailiwick.len) w.null(); else w.text(str(v.bailiwick));
+        if (!v.sensor_id.len) w.null(); else w.text(str(v.sensor_id));
+        if (!v.rdata_name.len) w.null(); else w.text(str(v.rdata_name));
     }
 }
 
-}  // namespace
-
 std::string PdnsAggregate::encode() const {
-    std::vector<const Map::value_type*> sorted;
-    sorted.reserve(entries_.size());
-    for (const auto& entry : entries_) sorted.push_back(&entry);
+    std::vector<std::uint32_t> order;
+    sorted_order(order);
     std::string out;
-    encode_pdns_rows(sorted, out);
+    encode_rows(order, out);
     return out;
 }
 
 void PdnsAggregate::encode(std::string& out) {
-    sorted_.clear();
-    for (const auto& entry : entries_) sorted_.push_back(&entry);
-    encode_pdns_rows(sorted_, out);
+    sorted_order(order_);
+    encode_rows(order_, out);
 }
 
 std::uint64_t EncodedBatch::message_total() const noexcept { return message_total(0, size()); }
@@ -727,7 +789,7 @@ EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool wi
             out.pdns_map = std::move(pdns);
         } else {
             out.pdns_rows = pdns.encode();
-            out.pdns_count = static_cast<std::uint32_t>(pdns.entries().size());
+            out.pdns_count = static_cast<std::uint32_t>(pdns.size());
         }
     }
     return out;

@@ -5,7 +5,7 @@
 
 #include <cstdint>
 #include <memory>
-#include <unordered_map>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -71,64 +71,74 @@ std::string exchange_copy_statement();
 // query, else the response's query_time, else its response_time.
 std::int64_t exchange_time_us(const Exchange& e) noexcept;
 
-// Passive DNS rows aggregated over one batch, keyed like the upsert's conflict target.
-struct PdnsKey {
-    std::string rrname, rrtype, rdata;
-    friend auto operator<=>(const PdnsKey&, const PdnsKey&) = default;
-};
-struct PdnsValue {
-    std::int64_t first_us = 0, last_us = 0;  // unix microseconds
-    std::uint64_t count = 0;
-    std::string bailiwick, sensor_id;        // empty: NULL
-    std::string rdata_name;                  // see rdata_target_name; empty: NULL
-};
-
 // The name a record's data points at, stored like owner names (lowercase, no trailing dot):
 // the whole rdata of CNAME, NS, PTR, DNAME; the exchange of MX, KX, RT; the host of AFSDB;
 // the target of SRV; the replacement of NAPTR; the TargetName of SVCB/HTTPS. Empty for
 // other types, for the root ("." : no target, e.g. a null MX) and for rdata in the generic
 // "\# len hex" form.
 std::string rdata_target_name(std::uint16_t type, std::string_view rdata_presentation);
-struct PdnsKeyHash {
-    // Not noexcept on purpose: libstdc++ then caches each node's hash, so rehashing and
-    // merging aggregates do not hash three strings again, and chain walks compare hashes
-    // before keys.
-    std::size_t operator()(const PdnsKey& k) const;
-};
+
+// Passive DNS rows aggregated over one batch (or transaction), keyed like the upsert's
+// conflict target (rrname, rrtype, rdata). An open-addressing hash table of entries whose
+// strings live in one arena: clear() keeps all of it, so an aggregate that is reused
+// allocates nothing once it has grown to its working size.
 class PdnsAggregate {
 public:
-    using Map = std::unordered_map<PdnsKey, PdnsValue, PdnsKeyHash>;
-    PdnsAggregate() = default;
-    // Copies the entries only (not the spare storage).
-    PdnsAggregate(const PdnsAggregate& o) : entries_(o.entries_) {}
-    PdnsAggregate& operator=(const PdnsAggregate& o) {
-        if (this != &o) entries_ = o.entries_;
-        return *this;
-    }
-    PdnsAggregate(PdnsAggregate&&) noexcept = default;
-    PdnsAggregate& operator=(PdnsAggregate&&) noexcept = default;
-    ~PdnsAggregate() = default;
+    // One entry, its strings viewing the aggregate (valid until it changes).
+    struct View {
+        std::string_view rrname;
+        std::string rrtype;
+        std::string_view rdata;
+        std::int64_t first_us = 0, last_us = 0;  // unix microseconds
+        std::uint64_t count = 0;
+        std::string_view bailiwick, sensor_id;   // empty: NULL
+        std::string_view rdata_name;             // see rdata_target_name; empty: NULL
+    };
     // Answer-section records of the exchange's response, if any.
     void add(const Exchange& e);
     // Adds another aggregate, taken to be later (its bailiwick and sensor win), and leaves
-    // it empty. Entries are copied into nodes of this one (reused ones when there are), so
-    // both aggregates keep their storage for the next round.
+    // it empty (its storage kept for reuse).
     void merge(PdnsAggregate&& later);
-    const Map& entries() const noexcept { return entries_; }
     bool empty() const noexcept { return entries_.empty(); }
     std::size_t size() const noexcept { return entries_.size(); }
-    // Keeps the nodes (and their strings' storage) for the next keys.
-    void clear();
+    std::optional<View> find(std::string_view rrname, std::string_view rrtype, std::string_view rdata) const;
+    void clear() noexcept;
     // COPY rows (no header/trailer) in the staging table's column order, see
     // pdns_stage_columns; sorted by key.
     std::string encode() const;
     // The same, appended to `out` (its storage reused).
     void encode(std::string& out);
+
 private:
-    Map::iterator insert(const PdnsKey& key);
-    Map entries_;
-    std::vector<Map::node_type> spare_;
-    std::vector<const Map::value_type*> sorted_;  // encode()'s scratch
+    struct Str {
+        std::uint32_t off = 0, len = 0;
+    };
+    struct Entry {
+        std::uint64_t hash;
+        std::int64_t first_us, last_us;
+        std::uint64_t count;
+        Str rrname, rdata;  // the key, with rrtype
+        Str bailiwick, sensor_id, rdata_name;
+        std::uint16_t rrtype;
+    };
+    std::string_view str(Str s) const noexcept { return {arena_.data() + s.off, s.len}; }
+    Str put(std::string_view s);
+    // `s` as a string of this aggregate: the one stored last for `last` when equal (one sensor
+    // and zone sends most records), else a new copy.
+    Str intern(std::string_view s, Str& last);
+    // Index of the entry with this key, or of a new (zeroed) one; `fresh` says which.
+    std::uint32_t slot_for(std::uint64_t hash, std::string_view rrname, std::uint16_t rrtype, std::string_view rdata,
+                           bool& fresh);
+    void grow();
+    void sorted_order(std::vector<std::uint32_t>& order) const;
+    void encode_rows(const std::vector<std::uint32_t>& order, std::string& out) const;
+    View view(const Entry& e) const;
+
+    std::vector<Entry> entries_;       // in insertion order
+    std::vector<std::uint32_t> slots_;  // entry index + 1; 0: free (power-of-two size)
+    std::string arena_;
+    Str last_sensor_, last_bailiwick_;
+    std::vector<std::uint32_t> order_;  // encode()'s scratch
 };
 inline constexpr std::string_view pdns_stage_columns =
     "rrname, rrtype, rdata, rdata_ip, time_first, time_last, count, bailiwick, sensor_id, rdata_name";

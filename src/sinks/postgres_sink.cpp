@@ -13,7 +13,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -72,6 +71,42 @@ constexpr const char* upsert_pdns_sql =
     // Unchanged for rows that have it (an indexed column: a changed value would stop HOT).
     " rdata_name = coalesce(p.rdata_name, excluded.rdata_name)";
 
+// FIFO on a ring that grows by doubling and never shrinks: no allocation per push once it
+// has grown (std::deque allocates and frees blocks as it moves along).
+template <class T>
+class Ring {
+public:
+    bool empty() const noexcept { return size_ == 0; }
+    T& front() noexcept { return buf_[head_]; }
+    void pop_front() {
+        buf_[head_] = T();
+        head_ = (head_ + 1) & (buf_.size() - 1);
+        --size_;
+    }
+    void push_back(T v) {
+        if (size_ == buf_.size()) grow();
+        buf_[(head_ + size_) & (buf_.size() - 1)] = std::move(v);
+        ++size_;
+    }
+    template <class F>
+    void for_each(F f) const {
+        for (std::size_t i = 0; i < size_; ++i) f(buf_[(head_ + i) & (buf_.size() - 1)]);
+    }
+    void clear() {
+        while (!empty()) pop_front();
+    }
+
+private:
+    void grow() {
+        std::vector<T> next(std::max<std::size_t>(16, buf_.size() * 2));
+        for (std::size_t i = 0; i < size_; ++i) next[i] = std::move(buf_[(head_ + i) & (buf_.size() - 1)]);
+        buf_.swap(next);
+        head_ = 0;
+    }
+    std::vector<T> buf_;  // power-of-two size
+    std::size_t head_ = 0, size_ = 0;
+};
+
 std::int64_t unix_now() {
     return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
@@ -112,7 +147,7 @@ struct PostgresSink::Impl {
     std::mutex mu;
     std::condition_variable has_rows, has_room;
     // Encoded rows as the workers handed them in, with their pdns aggregates.
-    std::deque<std::unique_ptr<copy::EncodedBatch>> queue;
+    Ring<std::unique_ptr<copy::EncodedBatch>> queue;
     std::size_t queued_rows = 0;
     // Batches back from a committed transaction, for consume() to encode into again: a
     // steady stream then allocates nothing. Kept up to about one transaction's worth.
@@ -748,7 +783,7 @@ void PostgresSink::stop() {
     // Never started: nothing will write what was queued.
     std::lock_guard lock(s.mu);
     std::uint64_t left = 0;
-    for (const auto& b : s.queue) left += b->message_total();
+    s.queue.for_each([&](const auto& b) { left += b->message_total(); });
     s.queue.clear();
     s.queued_rows = 0;
     if (left) s.metrics.drop(DropReason::shutdown, left);

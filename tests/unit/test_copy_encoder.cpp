@@ -2,6 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <map>
+#include <random>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -343,16 +346,16 @@ TEST_CASE("pdns aggregation", "[copy][pdns]") {
     lone_query.query = std::make_unique<DnstapMessage>(query_message());
     agg.add(lone_query);  // no response: nothing
 
-    REQUIRE(agg.entries().size() == 2);
-    auto it = agg.entries().find(PdnsKey{"www.example.com", "A", "192.0.2.80"});
-    REQUIRE(it != agg.entries().end());
-    CHECK(it->second.count == 3);
-    CHECK(it->second.first_us == (t0_ns + 1'500'000 - 4'000'000'000) / 1000);
-    CHECK(it->second.last_us == (t0_ns + 1'500'000 + 5'000'000'000) / 1000);
-    CHECK(it->second.bailiwick == "example.com");
-    CHECK(it->second.sensor_id == "sensor-1");
+    REQUIRE(agg.size() == 2);
+    auto it = agg.find("www.example.com", "A", "192.0.2.80");
+    REQUIRE(it);
+    CHECK(it->count == 3);
+    CHECK(it->first_us == (t0_ns + 1'500'000 - 4'000'000'000) / 1000);
+    CHECK(it->last_us == (t0_ns + 1'500'000 + 5'000'000'000) / 1000);
+    CHECK(it->bailiwick == "example.com");
+    CHECK(it->sensor_id == "sensor-1");
     // Lone-name rdata is normalized like owner names.
-    CHECK(agg.entries().count(PdnsKey{"alias.example.com", "CNAME", "www.example.com"}) == 1);
+    CHECK(agg.find("alias.example.com", "CNAME", "www.example.com"));
 
     auto rows = parse_rows(agg.encode());
     REQUIRE(rows.size() == 2);
@@ -492,11 +495,11 @@ TEST_CASE("pdns aggregates merge over a transaction like one aggregate", "[copy]
     CHECK(second.empty());
     REQUIRE(merged.size() == 3);
     CHECK(merged.encode() == one.encode());
-    auto it = merged.entries().find(PdnsKey{"www.example.com", "A", "192.0.2.80"});
-    REQUIRE(it != merged.entries().end());
-    CHECK(it->second.count == 3);
-    CHECK(it->second.sensor_id == "sensor-2");  // the later one
-    CHECK(it->second.last_us == (t0_ns + 1'500'000 + 7'000'000'000) / 1000);
+    auto it = merged.find("www.example.com", "A", "192.0.2.80");
+    REQUIRE(it);
+    CHECK(it->count == 3);
+    CHECK(it->sensor_id == "sensor-2");  // the later one
+    CHECK(it->last_us == (t0_ns + 1'500'000 + 7'000'000'000) / 1000);
 
     // encode_batch can leave the aggregate unencoded for the writer to merge.
     std::vector<std::vector<Exchange>> chunks(1);
@@ -528,4 +531,119 @@ TEST_CASE("encoded batches concatenate by rows", "[copy]") {
     CHECK(all.copy_payload(2, 3) == y.copy_payload(0, 1));
     CHECK(all.copy_payload(0, 2) == x.copy_payload(0, 2));
     CHECK(all.times_us[2] == y.times_us[0]);
+}
+
+namespace {
+
+// Reference model of the pdns aggregate: a std::map over the key as text, the rules spelled
+// out once more (ASCII inputs only: lowercase, no trailing dot).
+struct RefValue {
+    std::int64_t first_us = 0, last_us = 0;
+    std::uint64_t count = 0;
+    std::string bailiwick, sensor_id, rdata_name;
+};
+using RefMap = std::map<std::tuple<std::string, std::string, std::string>, RefValue>;
+
+std::string ref_name(std::string n) {
+    for (char& c : n)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (n.size() > 1 && n.back() == '.') n.pop_back();
+    return n;
+}
+
+void ref_add(RefMap& m, const Exchange& e) {
+    if (!e.response || !e.response->response) return;
+    std::int64_t t = e.response->response_time_ns / 1000;
+    for (const auto& rr : e.response->response->answers) {
+        if (rr.rclass != 1) continue;
+        bool lone = rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39;
+        std::string name = ref_name(rr.name), rdata = lone ? ref_name(rr.rdata) : rr.rdata;
+        if (name.size() + rdata.size() > 2000) continue;
+        std::string type = rr.type == 1 ? "A" : rr.type == 28 ? "AAAA" : rr.type == 5 ? "CNAME"
+                         : rr.type == 15 ? "MX" : rr.type == 16 ? "TXT" : "TYPE" + std::to_string(rr.type);
+        auto [it, fresh] = m.try_emplace({name, type, rdata});
+        RefValue& v = it->second;
+        if (fresh) {
+            v.first_us = v.last_us = t;
+            v.rdata_name = rdata_target_name(rr.type, rdata);
+        }
+        v.first_us = std::min(v.first_us, t);
+        v.last_us = std::max(v.last_us, t);
+        ++v.count;
+        if (!e.response->query_zone.empty()) v.bailiwick = ref_name(e.response->query_zone);
+        if (!e.response->identity.empty()) v.sensor_id = e.response->identity;
+    }
+}
+
+std::string ref_encode(const RefMap& m) {
+    std::string out;
+    RowWriter w(out);
+    for (const auto& [k, v] : m) {
+        const auto& [name, type, rdata] = k;
+        w.begin_row(10);
+        w.text(name);
+        w.text(type);
+        w.text(rdata);
+        if (!((type == "A" || type == "AAAA") && w.inet_text(rdata))) w.null();
+        w.timestamptz_unix_us(v.first_us);
+        w.timestamptz_unix_us(v.last_us);
+        w.int8(static_cast<std::int64_t>(v.count));
+        if (v.bailiwick.empty()) w.null(); else w.text(v.bailiwick);
+        if (v.sensor_id.empty()) w.null(); else w.text(v.sensor_id);
+        if (v.rdata_name.empty()) w.null(); else w.text(v.rdata_name);
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("pdns aggregate matches a reference model, reused and merged", "[copy][pdns]") {
+    std::mt19937 rng(12345);
+    auto pick = [&](std::size_t n) { return static_cast<std::size_t>(rng() % n); };
+    const std::vector<std::string> names = {"www.example.com", "WWW.Example.COM.", "a.example", "b.example.",
+                                            "mail.example.org", "x.y.z.example.net", "short"};
+    struct Rec { std::uint16_t type; std::uint16_t cls; std::string rdata; };
+    const std::vector<Rec> recs = {
+        {1, 1, "192.0.2.1"}, {1, 1, "192.0.2.2"}, {28, 1, "2001:db8::1"}, {5, 1, "Target.Example.COM."},
+        {5, 1, "target.example.com"}, {15, 1, "10 Mail.example.org."}, {15, 1, "0 ."}, {16, 1, "\"v=spf1 -all\""},
+        {16, 3, "\"chaos\""}, {65280, 1, "\\# 2 abcd"}, {65281, 1, "\\# 1 00"}, {300, 1, "\\# 0"},
+        {16, 1, "\"" + std::string(2100, 'x') + "\""},
+    };
+    const std::vector<std::string> sensors = {"", "ns1", "ns2"};
+    const std::vector<std::string> zones = {"", "example.com", "Example.ORG."};
+
+    PdnsAggregate reused, merged, part;
+    for (int round = 0; round < 20; ++round) {
+        RefMap ref;
+        reused.clear();
+        merged.clear();
+        part.clear();
+        std::size_t n = 1 + pick(400);
+        for (std::size_t i = 0; i < n; ++i) {
+            Exchange e;
+            e.response = response_message();
+            e.response->identity = sensors[pick(sensors.size())];
+            e.response->query_zone = zones[pick(zones.size())];
+            e.response->response_time_ns = t0_ns + static_cast<std::int64_t>(pick(1'000'000)) * 1000;
+            auto& answers = e.response->response->answers;
+            answers.clear();
+            for (std::size_t k = pick(4); k > 0; --k) {
+                const Rec& r = recs[pick(recs.size())];
+                answers.push_back(ResourceRecord{names[pick(names.size())], r.type, r.cls, 60, r.rdata});
+            }
+            ref_add(ref, e);
+            reused.add(e);
+            part.add(e);
+            if (pick(10) == 0) merged.merge(std::move(part));  // chunks of a transaction
+        }
+        merged.merge(std::move(part));
+        std::string want = ref_encode(ref);
+        REQUIRE(reused.size() == ref.size());
+        CHECK(reused.encode() == want);
+        CHECK(merged.encode() == want);
+        std::string appended = "prefix";
+        merged.encode(appended);
+        CHECK(appended == "prefix" + want);
+        CHECK(part.empty());
+    }
 }
