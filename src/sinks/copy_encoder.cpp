@@ -521,8 +521,9 @@ PdnsAggregate::Str PdnsAggregate::intern(std::string_view s, Str& last) {
     return last;
 }
 
-void PdnsAggregate::grow() {
+void PdnsAggregate::grow(std::size_t at_least) {
     std::size_t n = std::max<std::size_t>(64, slots_.size() * 2);
+    while (n < at_least) n *= 2;
     slots_.assign(n, 0);
     std::size_t mask = n - 1;
     for (std::uint32_t i = 0; i < entries_.size(); ++i) {
@@ -556,6 +557,13 @@ std::uint32_t PdnsAggregate::slot_for(std::uint64_t hash, std::string_view rrnam
     slots_[at] = index + 1;
     fresh = true;
     return index;
+}
+
+void PdnsAggregate::reserve(std::size_t entries) {
+    if (entries_.capacity() >= entries) return;
+    entries_.reserve(entries);
+    arena_.reserve(entries * 48);  // names and rdata: ~20 bytes each
+    if (slots_.size() < entries * 2) grow(entries * 2);
 }
 
 void PdnsAggregate::clear() noexcept {
@@ -750,11 +758,14 @@ void EncodedBatch::clear() {
 }
 
 void encode_into(EncodedBatch& out, std::span<const Exchange> exchanges, bool with_pdns) {
-    std::size_t n = out.size() + exchanges.size();
-    out.rows.reserve(n * 320);  // typical rows are 250..400 bytes
+    // Room for a worker's full hand-off (512 exchanges) from the start: a reused batch then
+    // never grows, and the rows stay below the mmap threshold (256 KiB).
+    std::size_t n = std::max<std::size_t>(out.size() + exchanges.size(), 512);
+    out.rows.reserve(n * 400);  // typical rows are 250..400 bytes
     out.row_end.reserve(n);
     out.messages.reserve(n);
     out.times_us.reserve(n);
+    if (with_pdns) out.pdns_map.reserve(n);
     for (const auto& e : exchanges) {
         append_exchange(e, out);
         if (with_pdns) out.pdns_map.add(e);

@@ -103,6 +103,8 @@ public:
     std::size_t size() const noexcept { return entries_.size(); }
     std::optional<View> find(std::string_view rrname, std::string_view rrtype, std::string_view rdata) const;
     void clear() noexcept;
+    // Room for this many entries without growing.
+    void reserve(std::size_t entries);
     // COPY rows (no header/trailer) in the staging table's column order, see
     // pdns_stage_columns; sorted by key.
     std::string encode() const;
@@ -129,7 +131,7 @@ private:
     // Index of the entry with this key, or of a new (zeroed) one; `fresh` says which.
     std::uint32_t slot_for(std::uint64_t hash, std::string_view rrname, std::uint16_t rrtype, std::string_view rdata,
                            bool& fresh);
-    void grow();
+    void grow(std::size_t at_least = 0);
     void sorted_order(std::vector<std::uint32_t>& order) const;
     void encode_rows(const std::vector<std::uint32_t>& order, std::string& out) const;
     View view(const Entry& e) const;
