@@ -23,18 +23,35 @@ std::string_view trailer() noexcept {
     return {bytes, 2};
 }
 
+namespace {
+
+// Big-endian stores into a local buffer: each fixed-size field (length + value) is then one
+// append to the output, not one per part.
+inline void store32(char* p, std::uint32_t v) noexcept {
+    p[0] = static_cast<char>(v >> 24);
+    p[1] = static_cast<char>((v >> 16) & 0xff);
+    p[2] = static_cast<char>((v >> 8) & 0xff);
+    p[3] = static_cast<char>(v & 0xff);
+}
+inline void store64(char* p, std::uint64_t v) noexcept {
+    store32(p, static_cast<std::uint32_t>(v >> 32));
+    store32(p + 4, static_cast<std::uint32_t>(v & 0xffffffffu));
+}
+
+}  // namespace
+
 void RowWriter::be16(std::uint16_t v) {
     const char b[2] = {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
     out_.append(b, 2);
 }
 void RowWriter::be32(std::uint32_t v) {
-    const char b[4] = {static_cast<char>(v >> 24), static_cast<char>((v >> 16) & 0xff),
-                       static_cast<char>((v >> 8) & 0xff), static_cast<char>(v & 0xff)};
+    char b[4];
+    store32(b, v);
     out_.append(b, 4);
 }
 void RowWriter::be64(std::uint64_t v) {
     char b[8];
-    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((v >> (56 - 8 * i)) & 0xff);
+    store64(b, v);
     out_.append(b, 8);
 }
 
@@ -44,11 +61,7 @@ std::size_t RowWriter::open_field() {
     return at;
 }
 void RowWriter::close_field(std::size_t at) {
-    auto n = static_cast<std::uint32_t>(out_.size() - at - 4);
-    out_[at] = static_cast<char>(n >> 24);
-    out_[at + 1] = static_cast<char>((n >> 16) & 0xff);
-    out_[at + 2] = static_cast<char>((n >> 8) & 0xff);
-    out_[at + 3] = static_cast<char>(n & 0xff);
+    store32(out_.data() + at, static_cast<std::uint32_t>(out_.size() - at - 4));
 }
 
 void RowWriter::begin_row(std::int16_t fields) { be16(static_cast<std::uint16_t>(fields)); }
@@ -57,24 +70,38 @@ void RowWriter::text(std::string_view s) {
     be32(static_cast<std::uint32_t>(s.size()));
     out_.append(s);
 }
-void RowWriter::int4(std::int32_t v) { be32(4); be32(static_cast<std::uint32_t>(v)); }
-void RowWriter::int8(std::int64_t v) { be32(8); be64(static_cast<std::uint64_t>(v)); }
-void RowWriter::boolean(bool v) { be32(1); out_.push_back(v ? 1 : 0); }
-void RowWriter::timestamptz_unix_us(std::int64_t unix_us) {
-    be32(8);
-    be64(static_cast<std::uint64_t>(unix_us - pg_epoch_unix_us));
+void RowWriter::int4(std::int32_t v) {
+    char b[8];
+    store32(b, 4);
+    store32(b + 4, static_cast<std::uint32_t>(v));
+    out_.append(b, sizeof b);
 }
+void RowWriter::int8(std::int64_t v) {
+    char b[12];
+    store32(b, 8);
+    store64(b + 4, static_cast<std::uint64_t>(v));
+    out_.append(b, sizeof b);
+}
+void RowWriter::boolean(bool v) {
+    char b[5];
+    store32(b, 1);
+    b[4] = v ? 1 : 0;
+    out_.append(b, sizeof b);
+}
+void RowWriter::timestamptz_unix_us(std::int64_t unix_us) { int8(unix_us - pg_epoch_unix_us); }
 
 void RowWriter::inet(const IpAddress& a) {
     if (a.length != 4 && a.length != 16) return null();
     // PostgreSQL's own family numbers (PGSQL_AF_INET = AF_INET + 0 = 2, PGSQL_AF_INET6 =
     // AF_INET + 1 = 3), not the platform's AF_INET6.
-    be32(4u + a.length);
-    out_.push_back(a.length == 4 ? 2 : 3);
-    out_.push_back(static_cast<char>(a.length == 4 ? 32 : 128));  // bits
-    out_.push_back(0);                                             // is_cidr
-    out_.push_back(static_cast<char>(a.length));
-    out_.append(reinterpret_cast<const char*>(a.bytes.data()), a.length);
+    char b[8 + 16];
+    store32(b, 4u + a.length);
+    b[4] = a.length == 4 ? 2 : 3;
+    b[5] = static_cast<char>(a.length == 4 ? 32 : 128);  // bits
+    b[6] = 0;                                             // is_cidr
+    b[7] = static_cast<char>(a.length);
+    std::memcpy(b + 8, a.bytes.data(), a.length);
+    out_.append(b, 8u + a.length);
 }
 
 bool RowWriter::inet_text(std::string_view address) {
