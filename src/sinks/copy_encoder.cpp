@@ -249,6 +249,37 @@ const std::string& type_text(std::uint16_t t) { return cached_text(t, type_to_te
 const std::string& class_text(std::uint16_t c) { return cached_text(c, class_to_text, 1); }
 const std::string& rcode_text(std::uint16_t r) { return cached_text(r, rcode_to_text, 2); }
 
+// Header flags and opcodes as text, built once: flags_to_text and opcode_to_text build a
+// new string on each call. flags_to_text reads the 7 bits of `flag_bits` only.
+constexpr std::array<std::uint16_t, 7> flag_bits = {0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010};
+const std::string& flags_text(std::uint16_t flags) {
+    static const std::array<std::string, 128> table = [] {
+        std::array<std::string, 128> t;
+        for (std::size_t i = 0; i < t.size(); ++i) {
+            std::uint16_t f = 0;
+            for (std::size_t b = 0; b < flag_bits.size(); ++b)
+                if (i & (std::size_t{1} << b)) f = static_cast<std::uint16_t>(f | flag_bits[b]);
+            t[i] = flags_to_text(f);
+        }
+        return t;
+    }();
+    std::size_t i = 0;
+    for (std::size_t b = 0; b < flag_bits.size(); ++b)
+        if (flags & flag_bits[b]) i |= std::size_t{1} << b;
+    return table[i];
+}
+const std::string& opcode_text(std::uint8_t opcode) {
+    static const std::array<std::string, 16> table = [] {
+        std::array<std::string, 16> t;
+        for (std::size_t i = 0; i < t.size(); ++i) t[i] = opcode_to_text(static_cast<std::uint8_t>(i));
+        return t;
+    }();
+    if (opcode < table.size()) return table[opcode];
+    thread_local std::string other;
+    other = opcode_to_text(opcode);
+    return other;
+}
+
 std::int64_t ns_to_us(std::int64_t ns) noexcept { return ns / 1000; }
 
 }  // namespace
@@ -399,11 +430,11 @@ const std::array<Column, 35> columns = {{
     {"qclass", [](const S& s, W& w) {
          if (s.head && s.head->has_question) w.text(class_text(s.head->qclass)); else w.null();
      }},
-    {"opcode", [](const S& s, W& w) { if (s.head) w.text(opcode_to_text(s.head->opcode())); else w.null(); }},
+    {"opcode", [](const S& s, W& w) { if (s.head) w.text(opcode_text(s.head->opcode())); else w.null(); }},
     {"rcode", [](const S& s, W& w) { if (s.r) w.text(rcode_text(s.r->rcode)); else w.null(); }},
     {"flags", [](const S& s, W& w) {
          const DnsMessage* m = s.r ? s.r : s.q;
-         if (m) w.text(flags_to_text(m->flags)); else w.null();
+         if (m) w.text(flags_text(m->flags)); else w.null();
      }},
     {"has_query", [](const S& s, W& w) { w.boolean(s.e.query != nullptr); }},
     {"has_response", [](const S& s, W& w) { w.boolean(s.e.response != nullptr); }},

@@ -1,6 +1,7 @@
 // Binary COPY layout of dnstap.exchange rows and pdns aggregates; no database needed.
 #include <catch2/catch.hpp>
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
@@ -645,5 +646,46 @@ TEST_CASE("pdns aggregate matches a reference model, reused and merged", "[copy]
         merged.encode(appended);
         CHECK(appended == "prefix" + want);
         CHECK(part.empty());
+    }
+}
+
+TEST_CASE("flags and opcode text as flags_to_text and opcode_to_text say", "[copy]") {
+    Exchange e;
+    e.response = response_message();
+    for (std::uint32_t f = 0; f < 0x10000; f += 13) {
+        e.response->response->flags = static_cast<std::uint16_t>(f);
+        EncodedBatch b;
+        append_exchange(e, b);
+        auto r = parse_rows(b.rows).at(0);
+        REQUIRE(*r[column("flags")] == flags_to_text(static_cast<std::uint16_t>(f)));
+        REQUIRE(*r[column("opcode")] == opcode_to_text(e.response->response->opcode()));
+    }
+}
+
+TEST_CASE("JSON strings: escapes as a character-by-character model", "[copy]") {
+    auto model = [](std::string_view s) {
+        std::string out = "\"";
+        for (char ch : s) {
+            auto c = static_cast<unsigned char>(ch);
+            char buf[8];
+            if (c == '"') out += "\\\"";
+            else if (c == '\\') out += "\\\\";
+            else if (c == '\n') out += "\\n";
+            else if (c == '\r') out += "\\r";
+            else if (c == '\t') out += "\\t";
+            else if (c < 0x20 || c == 0x7f) {
+                std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                out += buf;
+            } else out += ch;
+        }
+        return out + "\"";
+    };
+    std::mt19937 rng(7);
+    for (int i = 0; i < 2000; ++i) {
+        std::string s(rng() % 12, ' ');
+        for (char& c : s) c = static_cast<char>(rng() % 4 ? 'a' + rng() % 26 : rng() % 256);
+        std::string got = "x";
+        append_json_string(got, s);
+        REQUIRE(got == "x" + model(s));
     }
 }
