@@ -539,11 +539,18 @@ struct PostgresSink::Impl {
         {
             Timer t{phases.copy};
             conn->copy_put(copy::trailer(), false);
+        }
+        // Sorted and encoded while the server reads the last rows of the COPY.
+        txn.pdns_rows.clear();
+        if (!txn.pdns.empty()) {
+            Timer t{phases.encode};
+            txn.pdns.encode(txn.pdns_rows);
+        }
+        {
+            Timer t{phases.copy};
             conn->copy_end();
         }
         if (!txn.pdns.empty()) {
-            txn.pdns_rows.clear();
-            txn.pdns.encode(txn.pdns_rows);
             Timer t{phases.pdns};
             conn->copy_in(stage_copy_sql, {copy::header(), txn.pdns_rows, copy::trailer()});
             Timer u{phases.upsert};
@@ -674,7 +681,7 @@ struct PostgresSink::Impl {
             log::debug("postgres writer: " + std::to_string(phases.batches) + " batches in " +
                        std::to_string(phases.transactions) + " streamed transactions, " +
                        std::to_string(phases.rows) + " rows; seconds: waiting for rows " + sec(phases.wait) +
-                       ", pdns merges " + sec(phases.encode) + ", partitions " + sec(phases.partitions) +
+                       ", pdns merges and encoding " + sec(phases.encode) + ", partitions " + sec(phases.partitions) +
                        ", COPY " + sec(phases.copy) + ", pdns " + sec(phases.pdns) + " (upsert " + sec(phases.upsert) + "), COMMIT " +
                        sec(phases.commit) + ", spool " + sec(phases.spool));
         }
