@@ -622,7 +622,7 @@ TEST_CASE("pdns aggregate matches a reference model, reused and merged", "[copy]
         std::size_t n = 1 + pick(400);
         for (std::size_t i = 0; i < n; ++i) {
             Exchange e;
-            e.response = response_message();
+            e.response = std::make_unique<DnstapMessage>(response_message());
             e.response->identity = sensors[pick(sensors.size())];
             e.response->query_zone = zones[pick(zones.size())];
             e.response->response_time_ns = t0_ns + static_cast<std::int64_t>(pick(1'000'000)) * 1000;
@@ -651,7 +651,7 @@ TEST_CASE("pdns aggregate matches a reference model, reused and merged", "[copy]
 
 TEST_CASE("flags and opcode text as flags_to_text and opcode_to_text say", "[copy]") {
     Exchange e;
-    e.response = response_message();
+    e.response = std::make_unique<DnstapMessage>(response_message());
     for (std::uint32_t f = 0; f < 0x10000; f += 13) {
         e.response->response->flags = static_cast<std::uint16_t>(f);
         EncodedBatch b;
