@@ -7,6 +7,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <unordered_map>
 
 #include "dnstap_collector/dns.hpp"
 
@@ -241,9 +242,13 @@ const std::string& cached_text(std::uint16_t v, std::string (*f)(std::uint16_t),
     };
     static const Tables tables;
     if (v < 256) return tables.t[static_cast<std::size_t>(which)][v];
-    thread_local std::string other;
-    other = f(v);
-    return other;
+    // Rare values, each kept once per thread (at most 3 x 65536 short strings): a returned
+    // reference stays valid, so two texts can be held at once (sorting compares two).
+    thread_local std::unordered_map<std::uint32_t, std::string> others;
+    const auto key = (static_cast<std::uint32_t>(which) << 16) | v;
+    auto it = others.find(key);
+    if (it == others.end()) it = others.emplace(key, f(v)).first;
+    return it->second;
 }
 const std::string& type_text(std::uint16_t t) { return cached_text(t, type_to_text, 0); }
 const std::string& class_text(std::uint16_t c) { return cached_text(c, class_to_text, 1); }
@@ -274,10 +279,7 @@ const std::string& opcode_text(std::uint8_t opcode) {
         for (std::size_t i = 0; i < t.size(); ++i) t[i] = opcode_to_text(static_cast<std::uint8_t>(i));
         return t;
     }();
-    if (opcode < table.size()) return table[opcode];
-    thread_local std::string other;
-    other = opcode_to_text(opcode);
-    return other;
+    return table[opcode & 0xf];  // a 4-bit header field
 }
 
 std::int64_t ns_to_us(std::int64_t ns) noexcept { return ns / 1000; }
@@ -591,18 +593,25 @@ void PdnsAggregate::grow(std::size_t at_least) {
     }
 }
 
+std::size_t PdnsAggregate::probe(std::uint64_t hash, std::string_view rrname, std::uint16_t rrtype,
+                                 std::string_view rdata) const noexcept {
+    const std::size_t mask = slots_.size() - 1;
+    std::size_t at = hash & mask;
+    for (; slots_[at]; at = (at + 1) & mask) {
+        const Entry& e = entries_[slots_[at] - 1];
+        if (e.hash == hash && e.rrtype == rrtype && str(e.rrname) == rrname && str(e.rdata) == rdata) break;
+    }
+    return at;
+}
+
 std::uint32_t PdnsAggregate::slot_for(std::uint64_t hash, std::string_view rrname, std::uint16_t rrtype,
                                       std::string_view rdata, bool& fresh) {
     // At most half full: short probe sequences.
     if ((entries_.size() + 1) * 2 > slots_.size()) grow();
-    std::size_t mask = slots_.size() - 1;
-    std::size_t at = hash & mask;
-    for (; slots_[at]; at = (at + 1) & mask) {
-        const Entry& e = entries_[slots_[at] - 1];
-        if (e.hash == hash && e.rrtype == rrtype && str(e.rrname) == rrname && str(e.rdata) == rdata) {
-            fresh = false;
-            return slots_[at] - 1;
-        }
+    const std::size_t at = probe(hash, rrname, rrtype, rdata);
+    if (slots_[at]) {
+        fresh = false;
+        return slots_[at] - 1;
     }
     auto index = static_cast<std::uint32_t>(entries_.size());
     Entry& e = entries_.emplace_back();
@@ -694,15 +703,16 @@ void PdnsAggregate::merge(PdnsAggregate&& later) {
 }
 
 PdnsAggregate::View PdnsAggregate::view(const Entry& e) const {
-    return View{str(e.rrname), std::string(type_text(e.rrtype)), str(e.rdata), e.first_us, e.last_us, e.count,
+    return View{str(e.rrname), type_text(e.rrtype), str(e.rdata), e.first_us, e.last_us, e.count,
                 str(e.bailiwick), str(e.sensor_id), str(e.rdata_name)};
 }
 
-std::optional<PdnsAggregate::View> PdnsAggregate::find(std::string_view rrname, std::string_view rrtype,
+std::optional<PdnsAggregate::View> PdnsAggregate::find(std::string_view rrname, std::uint16_t rrtype,
                                                        std::string_view rdata) const {
-    for (const Entry& e : entries_)
-        if (str(e.rrname) == rrname && std::string_view(type_text(e.rrtype)) == rrtype && str(e.rdata) == rdata) return view(e);
-    return std::nullopt;
+    if (slots_.empty()) return std::nullopt;
+    const std::size_t at = probe(pdns_hash(rrname, rrtype, rdata), rrname, rrtype, rdata);
+    if (!slots_[at]) return std::nullopt;
+    return view(entries_[slots_[at] - 1]);
 }
 
 void PdnsAggregate::sorted_order(std::vector<std::uint32_t>& order) const {
@@ -714,14 +724,7 @@ void PdnsAggregate::sorted_order(std::vector<std::uint32_t>& order) const {
         const Entry& x = entries_[a];
         const Entry& y = entries_[b];
         if (int c = str(x.rrname).compare(str(y.rrname)); c != 0) return c < 0;
-        if (x.rrtype != y.rrtype) {
-            // Types from 256 up share one scratch string in type_text: copy one of them.
-            if (x.rrtype >= 256 && y.rrtype >= 256) {
-                std::string first = type_text(x.rrtype);
-                return first < type_text(y.rrtype);
-            }
-            return type_text(x.rrtype) < type_text(y.rrtype);
-        }
+        if (x.rrtype != y.rrtype) return type_text(x.rrtype) < type_text(y.rrtype);
         return str(x.rdata) < str(y.rdata);
     });
 }

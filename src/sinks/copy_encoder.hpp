@@ -86,9 +86,7 @@ class PdnsAggregate {
 public:
     // One entry, its strings viewing the aggregate (valid until it changes).
     struct View {
-        std::string_view rrname;
-        std::string rrtype;
-        std::string_view rdata;
+        std::string_view rrname, rrtype, rdata;
         std::int64_t first_us = 0, last_us = 0;  // unix microseconds
         std::uint64_t count = 0;
         std::string_view bailiwick, sensor_id;   // empty: NULL
@@ -101,7 +99,7 @@ public:
     void merge(PdnsAggregate&& later);
     bool empty() const noexcept { return entries_.empty(); }
     std::size_t size() const noexcept { return entries_.size(); }
-    std::optional<View> find(std::string_view rrname, std::string_view rrtype, std::string_view rdata) const;
+    std::optional<View> find(std::string_view rrname, std::uint16_t rrtype, std::string_view rdata) const;
     void clear() noexcept;
     // Room for this many entries without growing.
     void reserve(std::size_t entries);
@@ -128,6 +126,9 @@ private:
     // `s` as a string of this aggregate: the one stored last for `last` when equal (one sensor
     // and zone sends most records), else a new copy.
     Str intern(std::string_view s, Str& last);
+    // The slot holding this key, or the free slot where it would go (slots_ not empty).
+    std::size_t probe(std::uint64_t hash, std::string_view rrname, std::uint16_t rrtype,
+                      std::string_view rdata) const noexcept;
     // Index of the entry with this key, or of a new (zeroed) one; `fresh` says which.
     std::uint32_t slot_for(std::uint64_t hash, std::string_view rrname, std::uint16_t rrtype, std::string_view rdata,
                            bool& fresh);

@@ -348,7 +348,7 @@ TEST_CASE("pdns aggregation", "[copy][pdns]") {
     agg.add(lone_query);  // no response: nothing
 
     REQUIRE(agg.size() == 2);
-    auto it = agg.find("www.example.com", "A", "192.0.2.80");
+    auto it = agg.find("www.example.com", 1 /* A */, "192.0.2.80");
     REQUIRE(it);
     CHECK(it->count == 3);
     CHECK(it->first_us == (t0_ns + 1'500'000 - 4'000'000'000) / 1000);
@@ -356,7 +356,7 @@ TEST_CASE("pdns aggregation", "[copy][pdns]") {
     CHECK(it->bailiwick == "example.com");
     CHECK(it->sensor_id == "sensor-1");
     // Lone-name rdata is normalized like owner names.
-    CHECK(agg.find("alias.example.com", "CNAME", "www.example.com"));
+    CHECK(agg.find("alias.example.com", 5 /* CNAME */, "www.example.com"));
 
     auto rows = parse_rows(agg.encode());
     REQUIRE(rows.size() == 2);
@@ -496,7 +496,7 @@ TEST_CASE("pdns aggregates merge over a transaction like one aggregate", "[copy]
     CHECK(second.empty());
     REQUIRE(merged.size() == 3);
     CHECK(merged.encode() == one.encode());
-    auto it = merged.find("www.example.com", "A", "192.0.2.80");
+    auto it = merged.find("www.example.com", 1 /* A */, "192.0.2.80");
     REQUIRE(it);
     CHECK(it->count == 3);
     CHECK(it->sensor_id == "sensor-2");  // the later one
