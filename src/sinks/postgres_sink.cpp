@@ -467,13 +467,29 @@ struct PostgresSink::Impl {
             if (b) b->clear();
         {
             std::lock_guard lock(mu);
-            for (auto& b : batches) {
-                if (!b || spare_bytes >= spare_max_bytes) continue;
-                spare_bytes += b->rows.capacity();
-                spare.push_back(std::move(b));
-            }
+            for (auto& b : batches) give_spare_locked(std::move(b));
         }
         batches.clear();
+    }
+
+    // Under mu. `b` is empty (cleared).
+    void give_spare_locked(std::unique_ptr<copy::EncodedBatch> b) {
+        if (!b || spare_bytes >= spare_max_bytes) return;
+        spare_bytes += b->rows.capacity();
+        spare.push_back(std::move(b));
+    }
+
+    std::unique_ptr<copy::EncodedBatch> take_spare() {
+        {
+            std::lock_guard lock(mu);
+            if (!spare.empty()) {
+                auto b = std::move(spare.back());
+                spare.pop_back();
+                spare_bytes -= std::min(spare_bytes, b->rows.capacity());
+                return b;
+            }
+        }
+        return std::make_unique<copy::EncodedBatch>();
     }
 
     void open_txn() {
@@ -712,23 +728,13 @@ struct PostgresSink::Impl {
                 return;
             }
         }
-        std::unique_ptr<copy::EncodedBatch> e;
-        {
-            std::lock_guard lock(mu);
-            if (!spare.empty()) {
-                e = std::move(spare.back());
-                spare.pop_back();
-                spare_bytes -= std::min(spare_bytes, e->rows.capacity());
-            }
-        }
-        if (!e) e = std::make_unique<copy::EncodedBatch>();
+        std::unique_ptr<copy::EncodedBatch> e = take_spare();
         copy::encode_into(*e, batch, opt.pdns);
         {
             std::lock_guard lock(mu);
             if (e->size() == 0 && e->pdns_map.empty()) {
                 e->clear();
-                spare_bytes += e->rows.capacity();
-                spare.push_back(std::move(e));
+                give_spare_locked(std::move(e));
                 return;
             }
             if (closing) {
