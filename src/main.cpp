@@ -196,7 +196,10 @@ int run_serve(Config& config, int argc, char** argv) {
     std::unique_ptr<MetricsServer> metrics_server;
     if (!config.metrics_address.empty()) {
         metrics_server = std::make_unique<MetricsServer>(io, config.metrics_address, [&] {
-            if (pool) metrics.queue_depth.store(pool->queued(), std::memory_order_relaxed);
+            if (pool) {
+                metrics.queue_depth.store(pool->queued(), std::memory_order_relaxed);
+                pool->publish_overflow();
+            }
             return metrics.prometheus();
         });
         metrics_server->start();

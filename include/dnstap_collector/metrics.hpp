@@ -61,7 +61,12 @@ struct Metrics {
     Counter messages_spooled{0};
     Counter file_frames_dropped{0};    // frames missing from the -w copy while PostgreSQL stores
     Counter database_up{0};
-    Counter queue_depth{0};
+    Counter queue_depth{0};            // gauge: frames waiting for a worker, overflow files included
+    Counter overflow_bytes{0};         // gauge: bytes waiting in overflow files
+    Counter frames_overflowed{0};      // frames that waited in an overflow file
+    // Frames a previous run left in overflow files, processed by this one: with them,
+    // frames_received + frames_restored == messages_stored + dropped_total (+ spool change).
+    Counter frames_restored{0};
 
     void drop(DropReason r, std::uint64_t n = 1) noexcept {
         dropped[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);

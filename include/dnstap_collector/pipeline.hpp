@@ -46,6 +46,15 @@ struct PipelineOptions {
     unsigned workers = 0;                 // 0: number of cores
     std::size_t queue_frames = 131'072;   // per pool, split across workers
     std::size_t queue_bytes = 64u << 20;  // and at most this many payload bytes (large frames)
+    // Non-empty: frames that do not fit the queues wait in files here (one per worker) instead
+    // of being dropped, up to overflow_max_bytes in all, and are processed once the workers
+    // catch up. Files a previous run left are processed first.
+    std::string overflow_dir;
+    std::uint64_t overflow_max_bytes = 4ull << 30;
+    // Nice value of the worker threads (0-19). Above 0 they yield the CPU to named (and to
+    // ingest, which stays at the process's priority) under contention: with an overflow
+    // directory, storage then catches up when the CPU is free instead of slowing named.
+    int worker_nice = 0;
     PairOptions pairing;
     PrivacyOptions privacy;
     bool decode = true;                   // false: frames are counted as stored and discarded
@@ -69,7 +78,13 @@ public:
     // Stops accepting, processes every queued frame, flushes every pairing table.
     void drain_and_stop();
     unsigned worker_count() const noexcept;
-    std::size_t queued() const noexcept;
+    std::size_t queued() const noexcept;  // in memory and in overflow files
+    struct OverflowState {
+        std::uint64_t bytes = 0;         // waiting in overflow files now
+        std::uint64_t frames_total = 0;  // ever written to them (this run)
+    };
+    OverflowState overflow() const noexcept;
+    void publish_overflow() const noexcept;  // into Metrics::overflow_bytes, frames_overflowed
 
 private:
     struct Impl;

@@ -1,6 +1,8 @@
 // Bounded queues between stages for raw frames. Producers never wait (push() takes what fits
 // and the caller counts the rest) except push_wait(), for producers that may (import reads a
-// file). The consumer takes everything at once and gives the spent buffers back.
+// file). The consumer takes everything at once and gives the spent buffers back. A queue may
+// have an overflow file: what does not fit in memory goes there, in order, instead of being
+// dropped, and is read back once the consumer has caught up with the memory part.
 #pragma once
 
 #include <algorithm>
@@ -8,9 +10,15 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <memory>
 #include <mutex>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
+
+#include "dnstap_collector/log.hpp"
 
 namespace dnstap_collector {
 
@@ -41,31 +49,96 @@ struct FrameBatch {
     }
 };
 
+// Frames on disk, first in first out: 4-byte big-endian length + frame after a Frame Streams
+// START frame, so a file left behind is a capture `dnstap-collector import` reads. One
+// producer appends (under the owning queue's lock); one consumer reads up to an offset it
+// took under that lock. A file an earlier run left is taken up where it ends.
+class OverflowFile {
+public:
+    OverflowFile(std::filesystem::path path, std::uint64_t max_bytes);  // throws std::system_error
+    ~OverflowFile();
+    OverflowFile(const OverflowFile&) = delete;
+    OverflowFile& operator=(const OverflowFile&) = delete;
+
+    // Appends frames [first, end) of `batch` while they fit max_bytes; returns how many. 0 as
+    // well when the write fails (logged, rate-limited): the caller counts those frames.
+    std::size_t append(const FrameBatch& batch, std::size_t first);
+    // Adds frames from the read position up to `upto` (a write_offset() taken under the lock)
+    // to `out` until it holds about max_bytes; returns how many.
+    std::size_t read(FrameBatch& out, std::uint64_t upto, std::size_t max_bytes);
+    std::uint64_t write_offset() const noexcept { return write_off_; }
+    bool caught_up(std::uint64_t upto) const noexcept { return read_off_ >= upto; }
+    // Everything read: start over at the beginning (keeps the file small).
+    void reset();
+    // Frames found in the file at start, left by an earlier run.
+    std::uint64_t restored_frames() const noexcept { return restored_frames_; }
+    std::uint64_t pending_bytes() const noexcept { return write_off_ - read_off_; }
+    const std::filesystem::path& path() const noexcept { return path_; }
+
+private:
+    static constexpr std::size_t chunk_bytes = 1u << 20;
+    std::pair<std::uint64_t, std::uint64_t> count_frames() const;  // whole frames, and where they end
+    void skip_rest(std::uint64_t upto, const std::string& why);
+
+    std::filesystem::path path_;
+    std::uint64_t max_bytes_;
+    std::vector<std::uint8_t> header_;
+    int fd_ = -1;
+    std::uint64_t read_off_ = 0, write_off_ = 0;
+    std::uint64_t restored_frames_ = 0;
+    std::vector<std::uint8_t> scratch_;  // producer: the frames of one append
+    std::vector<std::uint8_t> chunk_;    // consumer: one read
+    log::RateLimit write_log_{std::chrono::seconds(10)};
+};
+
 // One worker's input: batches bounded by frames and by payload bytes. Spent batches come back
 // from the worker and are handed out again, so a steady stream allocates nothing.
 class FrameBatchQueue {
 public:
     FrameBatchQueue(std::size_t max_frames, std::size_t max_bytes) : max_frames_(max_frames), max_bytes_(max_bytes) {}
 
-    // Queues as many leading frames of `batch` as there is room for and returns how many;
-    // `batch` comes back empty (a recycled buffer) whatever happened to its frames.
+    // Spill what does not fit in memory to `file` instead of refusing it.
+    void set_overflow(std::unique_ptr<OverflowFile> file) {
+        std::lock_guard lock(mutex_);
+        overflow_ = std::move(file);
+        spilled_frames_ = overflow_->restored_frames();
+        spilling_ = !overflow_->caught_up(overflow_->write_offset());
+    }
+
+    // Queues as many leading frames of `batch` as there is room for (in memory, then in the
+    // overflow file) and returns how many; `batch` comes back empty (a recycled buffer)
+    // whatever happened to its frames.
     std::size_t push(FrameBatch& batch) {
         std::size_t n = 0;
         bool was_empty = false;
         {
             std::lock_guard lock(mutex_);
             if (!closed_) {
-                n = std::min(batch.frames(), max_frames_ - std::min(frames_, max_frames_));
-                if (n > 0 && bytes_ + batch.bytes_of_first(n) > max_bytes_) n = fits_bytes(batch, n);
-                if (n == 0 && items_.empty() && !batch.empty()) n = 1;  // one frame larger than the budget
+                if (!spilling_) {
+                    n = std::min(batch.frames(), max_frames_ - std::min(frames_, max_frames_));
+                    if (n > 0 && bytes_ + batch.bytes_of_first(n) > max_bytes_) n = fits_bytes(batch, n);
+                    if (n == 0 && items_.empty() && !batch.empty()) n = 1;  // one frame larger than the budget
+                }
+                // Once frames are in the file, later ones follow them there: order is kept.
+                std::size_t spilled = 0;
+                if (overflow_ && n < batch.frames()) {
+                    spilled = overflow_->append(batch, n);
+                    if (spilled) {
+                        spilling_ = true;
+                        spilled_frames_ += spilled;
+                        total_spilled_ += spilled;
+                        was_empty = items_.empty();
+                    }
+                }
                 if (n > 0) {
                     batch.truncate(n);
-                    was_empty = items_.empty();
+                    was_empty = was_empty || items_.empty();
                     frames_ += n;
                     bytes_ += batch.bytes.size();
                     items_.push_back(std::move(batch));
                     batch = take_spare();
                 }
+                n += spilled;
             }
         }
         batch.clear();
@@ -87,6 +160,14 @@ public:
                 batch.clear();
                 return false;
             }
+            if (spilling_) {  // behind frames already in the file: join them there
+                const std::size_t n = overflow_->append(batch, 0);
+                spilled_frames_ += n;
+                total_spilled_ += n;
+                const bool all = n == batch.frames();
+                batch.clear();
+                return all;
+            }
             was_empty = items_.empty();
             frames_ += batch.frames();
             bytes_ += batch.bytes.size();
@@ -99,7 +180,8 @@ public:
     }
 
     // For the worker: returns the spent batches in `batches`, then waits until frames arrive,
-    // the timeout passes or close(), and swaps the backlog in. False once closed and empty.
+    // the timeout passes or close(), and swaps the backlog in (frames in memory first, then a
+    // slice of the overflow file). False once closed and empty.
     bool pop_all(std::vector<FrameBatch>& batches, std::chrono::milliseconds timeout) {
         std::unique_lock lock(mutex_);
         for (auto& spent : batches)
@@ -108,13 +190,31 @@ public:
                 spares_.push_back(std::move(spent));
             }
         batches.clear();
-        if (items_.empty() && !closed_) ready_.wait_for(lock, timeout, [&] { return !items_.empty() || closed_; });
-        if (items_.empty()) return !closed_;
-        batches.swap(items_);
-        frames_ = 0;
-        bytes_ = 0;
+        if (items_.empty() && !spilling_ && !closed_)
+            ready_.wait_for(lock, timeout, [&] { return !items_.empty() || spilling_ || closed_; });
+        if (!items_.empty()) {
+            batches.swap(items_);
+            frames_ = 0;
+            bytes_ = 0;
+            lock.unlock();
+            room_.notify_all();
+            return true;
+        }
+        if (!spilling_) return !closed_;
+        // Memory is empty and the rest is on disk: read a slice without holding the lock (the
+        // producer appends behind `upto`).
+        const std::uint64_t upto = overflow_->write_offset();
+        FrameBatch slice = take_spare();
         lock.unlock();
-        room_.notify_all();
+        const std::size_t n = overflow_->read(slice, upto, max_bytes_ / 2 + 1);
+        lock.lock();
+        spilled_frames_ -= std::min<std::uint64_t>(spilled_frames_, n);
+        if (overflow_->caught_up(overflow_->write_offset())) {
+            overflow_->reset();
+            spilling_ = false;
+            spilled_frames_ = 0;
+        }
+        if (!slice.empty()) batches.push_back(std::move(slice));
         return true;
     }
 
@@ -123,7 +223,10 @@ public:
         ready_.notify_all();
         room_.notify_all();
     }
-    std::size_t frames() const { std::lock_guard lock(mutex_); return frames_; }
+    // Frames waiting, in memory and in the overflow file.
+    std::size_t frames() const { std::lock_guard lock(mutex_); return frames_ + spilled_frames_; }
+    std::uint64_t overflow_bytes() const { std::lock_guard lock(mutex_); return overflow_ ? overflow_->pending_bytes() : 0; }
+    std::uint64_t spilled_total() const { std::lock_guard lock(mutex_); return total_spilled_; }
 
 private:
     // Enough spares for the batches in flight when the worker keeps up; a burst's extra
@@ -156,6 +259,10 @@ private:
     std::size_t frames_ = 0, bytes_ = 0;
     const std::size_t max_frames_, max_bytes_;
     bool closed_ = false;
+    std::unique_ptr<OverflowFile> overflow_;
+    bool spilling_ = false;             // frames are in the file: new ones go there too
+    std::uint64_t spilled_frames_ = 0;  // frames in the file not yet read
+    std::uint64_t total_spilled_ = 0;
 };
 
 }  // namespace dnstap_collector

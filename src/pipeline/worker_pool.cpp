@@ -1,7 +1,13 @@
 #include "dnstap_collector/pipeline.hpp"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -51,7 +57,42 @@ struct WorkerPool::Impl {
         const std::size_t frames = std::max<std::size_t>(1, options.queue_frames / n);
         const std::size_t bytes = std::max<std::size_t>(1, options.queue_bytes / n);
         for (unsigned i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(frames, bytes));
+        if (!options.overflow_dir.empty()) open_overflow(n);
         for (auto& w : workers) w->thread = std::thread([this, worker = w.get()] { run(*worker); });
+    }
+
+    // One file per worker, so each keeps its frames in order. Files from a run with more
+    // workers are handed to the workers here (their frames are routed again).
+    void open_overflow(unsigned n) {
+        namespace fs = std::filesystem;
+        const fs::path dir(options.overflow_dir);
+        fs::create_directories(dir);
+        auto name = [](unsigned i) { return "worker-" + std::to_string(i) + ".fstrm"; };
+        std::uint64_t restored = 0;
+        for (unsigned i = 0; i < n; ++i) {
+            auto file = std::make_unique<OverflowFile>(dir / name(i), options.overflow_max_bytes / n);
+            restored += file->restored_frames();
+            workers[i]->queue.set_overflow(std::move(file));
+        }
+        for (unsigned i = n;; ++i) {
+            const fs::path path = dir / name(i);
+            std::error_code ec;
+            if (!fs::exists(path, ec)) break;
+            {
+                OverflowFile old(path, options.overflow_max_bytes);
+                FrameBatch slice;
+                const std::uint64_t end = old.write_offset();
+                while (old.read(slice, end, 1u << 20) > 0) {
+                    restored += slice.frames();
+                    std::vector<std::span<const std::uint8_t>> frames;
+                    for (std::size_t f = 0; f < slice.frames(); ++f) frames.push_back(slice.frame(f));
+                    offer_locked(frames);
+                    slice.clear();
+                }
+            }
+            fs::remove(path, ec);
+        }
+        if (restored) metrics.frames_restored.fetch_add(restored, std::memory_order_relaxed);
     }
 
     Worker& route(std::span<const std::uint8_t> frame) {
@@ -72,6 +113,7 @@ struct WorkerPool::Impl {
             dropped += staged - taken;
         }
         if (accepted) metrics.frames_accepted.fetch_add(accepted, std::memory_order_relaxed);
+        // queue_full: not even the overflow file took them (full, or failing).
         if (dropped) metrics.drop(DropReason::queue_full, dropped);
         return accepted;
     }
@@ -91,6 +133,7 @@ struct WorkerPool::Impl {
     }
 
     void run(Worker& worker) {
+        if (options.worker_nice > 0) lower_priority(options.worker_nice);
         std::vector<Exchange> out;
         out.reserve(max_rows_per_handoff);
         Pairer* recycler = nullptr;
@@ -156,6 +199,17 @@ struct WorkerPool::Impl {
         pairer.add_next();
     }
 
+    // Per thread on Linux: the calling thread only. Never raises priority (that needs
+    // privileges, and a service-wide Nice= above ours stays).
+    static void lower_priority(int nice) {
+        const auto tid = static_cast<id_t>(::gettid());
+        errno = 0;
+        const int current = ::getpriority(PRIO_PROCESS, tid);
+        if (errno == 0 && current >= nice) return;
+        if (::setpriority(PRIO_PROCESS, tid, nice) != 0)
+            log::warning(std::string("cannot lower the worker's priority: ") + std::strerror(errno));
+    }
+
     void stop() {
         for (auto& w : workers) w->queue.close();
         for (auto& w : workers)
@@ -195,6 +249,13 @@ void WorkerPool::drain_and_stop() {
     impl_->flush_waiting();
     impl_->stopped.store(true);
     impl_->stop();
+    publish_overflow();
+}
+
+void WorkerPool::publish_overflow() const noexcept {
+    const OverflowState state = overflow();
+    impl_->metrics.overflow_bytes.store(state.bytes, std::memory_order_relaxed);
+    impl_->metrics.frames_overflowed.store(state.frames_total, std::memory_order_relaxed);
 }
 
 unsigned WorkerPool::worker_count() const noexcept { return static_cast<unsigned>(impl_->workers.size()); }
@@ -203,6 +264,15 @@ std::size_t WorkerPool::queued() const noexcept {
     std::size_t n = 0;
     for (const auto& w : impl_->workers) n += w->queue.frames();
     return n;
+}
+
+WorkerPool::OverflowState WorkerPool::overflow() const noexcept {
+    OverflowState state;
+    for (const auto& w : impl_->workers) {
+        state.bytes += w->queue.overflow_bytes();
+        state.frames_total += w->queue.spilled_total();
+    }
+    return state;
 }
 
 }  // namespace dnstap_collector

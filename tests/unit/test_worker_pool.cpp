@@ -5,6 +5,8 @@
 // (build-tsan, -DDNSTAP_TSAN=ON): "[worker_pool]".
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -22,6 +24,7 @@
 #include "dnstap_collector/decode.hpp"
 #include "dnstap_collector/metrics.hpp"
 #include "dnstap_collector/pipeline.hpp"
+#include "dnstap_collector/queue.hpp"
 #include "dnstap_collector/sinks.hpp"
 
 using namespace dnstap_collector;
@@ -312,4 +315,162 @@ TEST_CASE("worker pool: the byte budget bounds the queue when frames are large",
     CHECK(metrics.frames_received.load() ==
           metrics.frames_accepted.load() + metrics.dropped[static_cast<std::size_t>(DropReason::queue_full)].load());
     CHECK(sink.messages() == metrics.messages_decoded.load());
+}
+
+namespace {
+
+// A fresh directory under the system's temp dir, removed at the end of the test.
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        path = fs::temp_directory_path() / ("dnstap-overflow-" + std::to_string(::getpid()) + "-" +
+                                            std::to_string(counter()++));
+        fs::remove_all(path);
+        fs::create_directories(path);
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    static int& counter() {
+        static int n = 0;
+        return n;
+    }
+};
+
+FrameBatch numbered_frames(std::uint32_t from, std::uint32_t count) {
+    FrameBatch batch;
+    for (std::uint32_t i = from; i < from + count; ++i) {
+        // Frames of different sizes, each carrying its number.
+        std::vector<std::uint8_t> f(4 + i % 37, static_cast<std::uint8_t>(i));
+        f[0] = static_cast<std::uint8_t>(i >> 24);
+        f[1] = static_cast<std::uint8_t>(i >> 16);
+        f[2] = static_cast<std::uint8_t>(i >> 8);
+        f[3] = static_cast<std::uint8_t>(i);
+        batch.add(f);
+    }
+    return batch;
+}
+
+std::uint32_t number_of(std::span<const std::uint8_t> f) {
+    REQUIRE(f.size() >= 4);
+    return (std::uint32_t{f[0]} << 24) | (std::uint32_t{f[1]} << 16) | (std::uint32_t{f[2]} << 8) | f[3];
+}
+
+}  // namespace
+
+TEST_CASE("frame queue: frames beyond the memory bound wait in the overflow file and come out in order",
+          "[worker_pool][overflow]") {
+    TempDir dir;
+    FrameBatchQueue queue(10, 1u << 20);
+    queue.set_overflow(std::make_unique<OverflowFile>(dir.path / "q.fstrm", 1u << 30));
+    std::uint32_t next_in = 0, next_out = 0;
+    std::vector<FrameBatch> popped;
+    // Producer bursts of varying size, with the consumer taking one slice in between: the
+    // queue moves between memory only, memory + file, and file only, and back.
+    for (int round = 0; round < 200; ++round) {
+        const std::uint32_t burst = static_cast<std::uint32_t>((round * 7919) % 53);
+        FrameBatch batch = numbered_frames(next_in, burst);
+        REQUIRE(queue.push(batch) == burst);  // the file takes whatever memory cannot
+        next_in += burst;
+        if (round % 3 == 0) continue;
+        REQUIRE(queue.pop_all(popped, std::chrono::milliseconds(0)));
+        for (const auto& b : popped)
+            for (std::size_t i = 0; i < b.frames(); ++i) REQUIRE(number_of(b.frame(i)) == next_out++);
+    }
+    queue.close();
+    while (queue.pop_all(popped, std::chrono::milliseconds(0)))
+        for (const auto& b : popped)
+            for (std::size_t i = 0; i < b.frames(); ++i) REQUIRE(number_of(b.frame(i)) == next_out++);
+    CHECK(next_out == next_in);
+    CHECK(queue.spilled_total() > 0);
+    CHECK(queue.frames() == 0);
+    CHECK(queue.overflow_bytes() == 0);
+    // Caught up: the file was emptied (only its START frame is left).
+    CHECK(fs::file_size(dir.path / "q.fstrm") < 64);
+}
+
+TEST_CASE("frame queue: the overflow file's size limit refuses frames, which the caller counts",
+          "[worker_pool][overflow]") {
+    TempDir dir;
+    FrameBatchQueue queue(4, 1u << 20);
+    // Room for about 10 frames of 4-40 bytes (each also takes a 4-byte length).
+    queue.set_overflow(std::make_unique<OverflowFile>(dir.path / "q.fstrm", 200));
+    FrameBatch batch = numbered_frames(0, 100);
+    const std::size_t taken = queue.push(batch);
+    CHECK(taken > 4);
+    CHECK(taken < 30);
+    std::vector<FrameBatch> popped;
+    std::uint32_t next_out = 0;
+    queue.close();
+    while (queue.pop_all(popped, std::chrono::milliseconds(0)))
+        for (const auto& b : popped)
+            for (std::size_t i = 0; i < b.frames(); ++i) REQUIRE(number_of(b.frame(i)) == next_out++);
+    CHECK(next_out == taken);  // the leading frames, in order: the rest were refused
+}
+
+TEST_CASE("worker pool: with an overflow directory nothing is dropped for room and everything comes out once",
+          "[worker_pool][overflow]") {
+    const auto messages = corpus_messages();
+    TempDir dir;
+    Metrics metrics;
+    CollectingSink sink;
+    PipelineOptions options;
+    options.workers = GENERATE(1u, 3u);
+    options.queue_frames = 16;  // far too small: most frames go through the files
+    options.overflow_dir = dir.path.string();
+    options.worker_nice = 5;
+    Run run;
+    {
+        WorkerPool pool(options, sink, metrics);
+        run = produce(pool, metrics, messages, 4, 6);
+        pool.drain_and_stop();
+        CHECK(pool.queued() == 0);
+    }
+    check_exactly_once(run, sink, metrics);
+    CHECK(metrics.dropped[static_cast<std::size_t>(DropReason::queue_full)].load() == 0);
+    CHECK(metrics.frames_overflowed.load() > 0);
+    // Order within a worker is kept, so the replays pair as in the capture.
+    CHECK(sink.pairs() > 0);
+    CHECK(metrics.pairs_matched.load() == sink.pairs());
+}
+
+TEST_CASE("worker pool: overflow files an earlier run left are processed at start, torn tail skipped",
+          "[worker_pool][overflow]") {
+    const auto messages = corpus_messages();
+    TempDir dir;
+    std::map<std::string, int> written;
+    // Two files, as a 2-worker run killed mid-burst leaves them; this run has one worker, so
+    // worker-1's frames are routed again.
+    for (int w = 0; w < 2; ++w) {
+        OverflowFile file(dir.path / ("worker-" + std::to_string(w) + ".fstrm"), 1u << 30);
+        FrameBatch batch;
+        for (std::size_t i = 0; i < messages.size(); ++i) {
+            const std::string tag = "w" + std::to_string(w) + "-" + std::to_string(i);
+            batch.add(tagged(messages[i], "earlier-" + std::to_string(w), tag));
+            ++written[tag];
+        }
+        REQUIRE(file.append(batch, 0) == messages.size());
+    }
+    {
+        // A frame cut short by the crash.
+        std::ofstream tail(dir.path / "worker-0.fstrm", std::ios::binary | std::ios::app);
+        const char torn[] = {0, 0, 1, 0, 'x', 'y'};
+        tail.write(torn, sizeof torn);
+    }
+    Metrics metrics;
+    CollectingSink sink;
+    PipelineOptions options;
+    options.workers = 1;
+    options.overflow_dir = dir.path.string();
+    {
+        WorkerPool pool(options, sink, metrics);
+        pool.drain_and_stop();
+    }
+    INFO(metrics.summary());
+    CHECK(metrics.frames_restored.load() == written.size());
+    CHECK(sink.seen() == written);
+    CHECK(metrics.messages_decoded.load() == written.size());
+    CHECK_FALSE(fs::exists(dir.path / "worker-1.fstrm"));
+    CHECK(fs::file_size(dir.path / "worker-0.fstrm") < 64);
 }
