@@ -162,6 +162,10 @@ int run_serve(Config& config, int argc, char** argv) {
     std::unique_ptr<WorkerPool> pool;
     SinkSet sinks;
     if (config.postgres) {
+        config.postgres->nice = config.pipeline.storage_nice;
+        config.postgres->cgroup = config.pipeline.storage_cgroup;
+        // Workers whose input overflows to disk can wait for a writer that is slow but moving.
+        config.postgres->wait_while_writing = !config.pipeline.overflow_dir.empty();
         postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);
         postgres->start();
     }
@@ -267,6 +271,7 @@ int run_serve(Config& config, int argc, char** argv) {
     file_signals.cancel();
 
     sd_notify(0, "STOPPING=1");
+    if (postgres) postgres->stop_waiting();
     if (pool) pool->drain_and_stop();
     if (postgres) postgres->stop();
     if (file) file->stop();
@@ -276,6 +281,8 @@ int run_serve(Config& config, int argc, char** argv) {
 
 int run_import(Config& config) {
     if (config.arguments.empty()) throw ConfigError("import needs one or more Frame Streams files");
+    // The overflow directory belongs to the running service; a file needs no overflow.
+    config.pipeline.overflow_dir.clear();
     Metrics metrics;
     std::unique_ptr<PostgresSink> postgres;
     CountingSink counting(metrics);

@@ -63,9 +63,11 @@ struct Metrics {
     Counter database_up{0};
     Counter queue_depth{0};            // gauge: frames waiting for a worker, overflow files included
     Counter overflow_bytes{0};         // gauge: bytes waiting in overflow files
+    Counter overflow_frames{0};        // gauge: frames waiting in overflow files
     Counter frames_overflowed{0};      // frames that waited in an overflow file
-    // Frames a previous run left in overflow files, processed by this one: with them,
-    // frames_received + frames_restored == messages_stored + dropped_total (+ spool change).
+    // Frames a previous run left in overflow files (taken up at start). With overflow files a
+    // run balances: frames_received + frames_restored == messages_stored + dropped_total
+    //                                                    + overflow_frames(at exit) (+ spool change).
     Counter frames_restored{0};
 
     void drop(DropReason r, std::uint64_t n = 1) noexcept {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dnstap_collector/ingest.hpp"
@@ -51,15 +52,30 @@ struct PipelineOptions {
     // catch up. Files a previous run left are processed first.
     std::string overflow_dir;
     std::uint64_t overflow_max_bytes = 4ull << 30;
-    // Nice value of the worker threads (0-19). Above 0 they yield the CPU to named (and to
-    // ingest, which stays at the process's priority) under contention: with an overflow
-    // directory, storage then catches up when the CPU is free instead of slowing named.
-    int worker_nice = 0;
+    // Nice value (0-19) of everything after ingest: the worker threads here, and the
+    // PostgreSQL writer thread and backend (PostgresOptions::nice). Above 0, storage yields
+    // the CPU to named (and to ingest, which keeps the process's priority) on a shared host;
+    // with an overflow directory it catches up when the CPU is free instead of dropping.
+    int storage_nice = 0;
+    // Non-empty: a cgroup directory (typically with cpu.idle = 1) that the same threads join,
+    // and the local PostgreSQL backend when permitted. Ingest stays where the process is, so
+    // named's stream is always read; storage gets only CPU that nothing else wants.
+    std::string storage_cgroup;
     PairOptions pairing;
     PrivacyOptions privacy;
     bool decode = true;                   // false: frames are counted as stored and discarded
                                           // (measures ingest alone, for benchmarks)
 };
+
+// Lowers the calling thread's priority to `nice` (Linux: per thread). Never raises it: a
+// service-wide Nice= above `nice` stays. Logs (as `what`) and returns false on failure.
+bool lower_thread_priority(int nice, std::string_view what);
+// The same for another process (the PostgreSQL backend): needs the same user or CAP_SYS_NICE.
+bool lower_process_priority(int pid, int nice, std::string_view what);
+// Moves the calling thread into the cgroup directory `dir` (v2: cgroup.threads, v1: tasks).
+bool join_cgroup(const std::string& dir, std::string_view what);
+// Moves process `pid` (all its threads) into the cgroup directory `dir` (cgroup.procs).
+bool move_process_to_cgroup(const std::string& dir, int pid, std::string_view what);
 
 class WorkerPool : public FrameConsumer {
 public:
@@ -75,16 +91,18 @@ public:
     // file and nobody must be kept from waiting. Frames are handed over in batches; a frame
     // may wait for company until drain_and_stop(). One waiting producer at a time.
     void push_wait(std::span<const std::uint8_t> frame);
-    // Stops accepting, processes every queued frame, flushes every pairing table.
+    // Stops accepting, processes every frame queued in memory, flushes every pairing table.
+    // Frames in overflow files stay there for the next start (Metrics::overflow_frames).
     void drain_and_stop();
     unsigned worker_count() const noexcept;
     std::size_t queued() const noexcept;  // in memory and in overflow files
     struct OverflowState {
         std::uint64_t bytes = 0;         // waiting in overflow files now
+        std::uint64_t frames = 0;        // ... in so many frames
         std::uint64_t frames_total = 0;  // ever written to them (this run)
     };
     OverflowState overflow() const noexcept;
-    void publish_overflow() const noexcept;  // into Metrics::overflow_bytes, frames_overflowed
+    void publish_overflow() const noexcept;  // into Metrics::overflow_bytes, overflow_frames, frames_overflowed
 
 private:
     struct Impl;

@@ -52,7 +52,8 @@ struct FrameBatch {
 // Frames on disk, first in first out: 4-byte big-endian length + frame after a Frame Streams
 // START frame, so a file left behind is a capture `dnstap-collector import` reads. One
 // producer appends (under the owning queue's lock); one consumer reads up to an offset it
-// took under that lock. A file an earlier run left is taken up where it ends.
+// took under that lock. A file an earlier run left is taken up from where that run had read
+// it (saved beside it after each read) to its last whole frame.
 class OverflowFile {
 public:
     OverflowFile(std::filesystem::path path, std::uint64_t max_bytes);  // throws std::system_error
@@ -79,11 +80,14 @@ private:
     static constexpr std::size_t chunk_bytes = 1u << 20;
     std::pair<std::uint64_t, std::uint64_t> count_frames() const;  // whole frames, and where they end
     void skip_rest(std::uint64_t upto, const std::string& why);
+    void save_read_offset() noexcept;
+    void open_or_take_up();
 
     std::filesystem::path path_;
     std::uint64_t max_bytes_;
     std::vector<std::uint8_t> header_;
     int fd_ = -1;
+    int offset_fd_ = -1;  // <file>.read: the read position, so a restart does not hand out frames twice
     std::uint64_t read_off_ = 0, write_off_ = 0;
     std::uint64_t restored_frames_ = 0;
     std::vector<std::uint8_t> scratch_;  // producer: the frames of one append
@@ -181,7 +185,8 @@ public:
 
     // For the worker: returns the spent batches in `batches`, then waits until frames arrive,
     // the timeout passes or close(), and swaps the backlog in (frames in memory first, then a
-    // slice of the overflow file). False once closed and empty.
+    // slice of the overflow file). False once closed and memory is empty: frames still in the
+    // overflow file are left there (OverflowFile takes them up at the next start).
     bool pop_all(std::vector<FrameBatch>& batches, std::chrono::milliseconds timeout) {
         std::unique_lock lock(mutex_);
         for (auto& spent : batches)
@@ -200,7 +205,9 @@ public:
             room_.notify_all();
             return true;
         }
-        if (!spilling_) return !closed_;
+        // Once closed, what is on disk stays there for the next start: a shutdown does not wait
+        // for a backlog that may be gigabytes.
+        if (!spilling_ || closed_) return !closed_;
         // Memory is empty and the rest is on disk: read a slice without holding the lock (the
         // producer appends behind `upto`).
         const std::uint64_t upto = overflow_->write_offset();
@@ -225,6 +232,7 @@ public:
     }
     // Frames waiting, in memory and in the overflow file.
     std::size_t frames() const { std::lock_guard lock(mutex_); return frames_ + spilled_frames_; }
+    std::uint64_t overflow_frames() const { std::lock_guard lock(mutex_); return spilled_frames_; }
     std::uint64_t overflow_bytes() const { std::lock_guard lock(mutex_); return overflow_ ? overflow_->pending_bytes() : 0; }
     std::uint64_t spilled_total() const { std::lock_guard lock(mutex_); return total_spilled_; }
 

@@ -58,6 +58,13 @@ struct PostgresOptions {
     bool wait_for_room = false;                           // consume() waits for room instead of
                                                           // dropping (import: a file can wait)
     std::chrono::seconds shutdown_timeout{10};
+    // >0: the writer thread, and the backend when it runs on this host (Unix socket), at this
+    // nice value (PipelineOptions::storage_nice).
+    int nice = 0;
+    std::string cgroup;  // non-empty: they join this cgroup (PipelineOptions::storage_cgroup)
+    // consume() waits for room as long as the database (or the spool) takes rows, instead of
+    // dropping after a bound: for a pool whose queues overflow to disk. Until stop_waiting().
+    bool wait_while_writing = false;
 };
 
 // Applies schema/NNN_*.sql in order under an advisory lock; idempotent; throws
@@ -77,6 +84,9 @@ public:
     // rows meanwhile.
     void start();
     void consume(std::vector<Exchange>&& batch) override;
+    // Shutdown begins: consume() goes back to its bounded wait (wait_while_writing), so the
+    // workers' drain cannot hang on a writer that is stuck.
+    void stop_waiting();
     // Drains what is queued within options.shutdown_timeout; what is left goes to the spool or
     // is counted (DropReason::shutdown).
     void stop();

@@ -42,6 +42,7 @@ std::string Metrics::summary() const {
     if (auto n = get(file_frames_dropped)) out << " file_frames_dropped=" << n;
     if (auto n = get(frames_overflowed)) out << " frames_overflowed=" << n;
     if (auto n = get(frames_restored)) out << " frames_restored=" << n;
+    if (auto n = get(overflow_frames)) out << " overflow_frames=" << n;
     for (std::size_t i = 0; i < dropped.size(); ++i) {
         if (auto n = get(dropped[i]))
             out << " dropped_" << to_string(static_cast<DropReason>(i)) << '=' << n;
@@ -97,6 +98,7 @@ std::string Metrics::prometheus() const {
     metric("database_up", "gauge", "1 when PostgreSQL is reachable.", get(database_up));
     metric("queue_depth", "gauge", "Frames waiting for a worker (overflow files included).", get(queue_depth));
     metric("overflow_bytes", "gauge", "Bytes of frames waiting in overflow files.", get(overflow_bytes));
+    metric("overflow_frames", "gauge", "Frames waiting in overflow files.", get(overflow_frames));
     metric("frames_overflowed_total", "counter", "Frames that waited in an overflow file.", get(frames_overflowed));
     metric("frames_restored_total", "counter", "Frames left in overflow files by a previous run.", get(frames_restored));
     return out.str();

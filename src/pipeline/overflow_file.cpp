@@ -43,8 +43,21 @@ std::uint32_t read_be32(const std::uint8_t* p) noexcept {
 
 OverflowFile::OverflowFile(std::filesystem::path path, std::uint64_t max_bytes)
     : path_(std::move(path)), max_bytes_(max_bytes), header_(start_frame()) {
+    try {
+        open_or_take_up();
+    } catch (...) {
+        if (fd_ >= 0) ::close(fd_);
+        if (offset_fd_ >= 0) ::close(offset_fd_);
+        throw;
+    }
+}
+
+void OverflowFile::open_or_take_up() {
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (fd_ < 0) fail("cannot open overflow file", path_);
+    const std::filesystem::path offset_path = path_.string() + ".read";
+    offset_fd_ = ::open(offset_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (offset_fd_ < 0) fail("cannot open overflow file", offset_path);
     const off_t size = ::lseek(fd_, 0, SEEK_END);
     if (size < 0) fail("cannot size overflow file", path_);
     std::vector<std::uint8_t> head(header_.size());
@@ -53,7 +66,12 @@ OverflowFile::OverflowFile(std::filesystem::path path, std::uint64_t max_bytes)
                             head == header_;
     if (has_header && static_cast<std::size_t>(size) > header_.size()) {
         // Left by a run that did not get to finish it: its frames come first.
-        read_off_ = header_.size();
+        // Frames before the saved read position were handed to the workers already.
+        std::uint64_t saved = 0;
+        if (::pread(offset_fd_, &saved, sizeof saved, 0) != sizeof saved || saved < header_.size() ||
+            saved > static_cast<std::uint64_t>(size))
+            saved = header_.size();
+        read_off_ = saved;
         write_off_ = static_cast<std::uint64_t>(size);
         const auto [frames, end] = count_frames();
         if (end < write_off_) {
@@ -64,7 +82,7 @@ OverflowFile::OverflowFile(std::filesystem::path path, std::uint64_t max_bytes)
             write_off_ = end;
         }
         restored_frames_ = frames;
-        log::warning("overflow file " + path_.string() + " holds " + std::to_string(restored_frames_) +
+        if (frames) log::warning("overflow file " + path_.string() + " holds " + std::to_string(restored_frames_) +
                      " frames from an earlier run: processing them first");
         return;
     }
@@ -74,6 +92,14 @@ OverflowFile::OverflowFile(std::filesystem::path path, std::uint64_t max_bytes)
 
 OverflowFile::~OverflowFile() {
     if (fd_ >= 0) ::close(fd_);
+    if (offset_fd_ >= 0) ::close(offset_fd_);
+}
+
+void OverflowFile::save_read_offset() noexcept {
+    // Not synced: after a crash of the machine the worst is frames handed out twice.
+    if (::pwrite(offset_fd_, &read_off_, sizeof read_off_, 0) != sizeof read_off_) {
+        // Left as is: a stale offset means frames handed out twice after a restart.
+    }
 }
 
 std::pair<std::uint64_t, std::uint64_t> OverflowFile::count_frames() const {
@@ -93,6 +119,7 @@ void OverflowFile::reset() {
     if (::pwrite(fd_, header_.data(), header_.size(), 0) != static_cast<ssize_t>(header_.size()))
         fail("cannot write overflow file", path_);
     read_off_ = write_off_ = header_.size();
+    save_read_offset();
 }
 
 std::size_t OverflowFile::append(const FrameBatch& batch, std::size_t first) {
@@ -173,6 +200,7 @@ std::size_t OverflowFile::read(FrameBatch& out, std::uint64_t upto, std::size_t 
         }
         read_off_ += at;
     }
+    if (n) save_read_offset();
     return n;
 }
 
@@ -180,6 +208,7 @@ void OverflowFile::skip_rest(std::uint64_t upto, const std::string& why) {
     log::warning("overflow file " + path_.string() + ": " + why + "; " + std::to_string(upto - read_off_) +
                  " bytes skipped");
     read_off_ = upto;
+    save_read_offset();
 }
 
 }  // namespace dnstap_collector

@@ -1,6 +1,7 @@
 #include "dnstap_collector/pipeline.hpp"
 
-#include <sys/resource.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -50,6 +52,10 @@ struct WorkerPool::Impl {
     log::RateLimit decode_error_log;
     Privacy privacy;
     bool filtering;
+    struct LockFile {
+        int fd = -1;
+        ~LockFile() { if (fd >= 0) ::close(fd); }
+    } overflow_lock;  // flock'd while this pool owns the overflow directory
 
     Impl(PipelineOptions o, ExchangeSink& s, Metrics& m)
         : options(o), sink(s), metrics(m), privacy(options.privacy), filtering(options.privacy.active()) {
@@ -67,6 +73,11 @@ struct WorkerPool::Impl {
         namespace fs = std::filesystem;
         const fs::path dir(options.overflow_dir);
         fs::create_directories(dir);
+        // Two collectors appending to the same files would mix their frames.
+        overflow_lock.fd = ::open((dir / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+        if (overflow_lock.fd < 0 || ::flock(overflow_lock.fd, LOCK_EX | LOCK_NB) != 0)
+            throw std::runtime_error("overflow directory " + dir.string() + " is in use by another collector (or not writable: " +
+                                     std::strerror(errno) + ")");
         auto name = [](unsigned i) { return "worker-" + std::to_string(i) + ".fstrm"; };
         std::uint64_t restored = 0;
         for (unsigned i = 0; i < n; ++i) {
@@ -91,6 +102,7 @@ struct WorkerPool::Impl {
                 }
             }
             fs::remove(path, ec);
+            fs::remove(path.string() + ".read", ec);
         }
         if (restored) metrics.frames_restored.fetch_add(restored, std::memory_order_relaxed);
     }
@@ -133,7 +145,8 @@ struct WorkerPool::Impl {
     }
 
     void run(Worker& worker) {
-        if (options.worker_nice > 0) lower_priority(options.worker_nice);
+        if (options.storage_nice > 0) lower_thread_priority(options.storage_nice, "a decode worker");
+        if (!options.storage_cgroup.empty()) join_cgroup(options.storage_cgroup, "a decode worker");
         std::vector<Exchange> out;
         out.reserve(max_rows_per_handoff);
         Pairer* recycler = nullptr;
@@ -199,17 +212,6 @@ struct WorkerPool::Impl {
         pairer.add_next();
     }
 
-    // Per thread on Linux: the calling thread only. Never raises priority (that needs
-    // privileges, and a service-wide Nice= above ours stays).
-    static void lower_priority(int nice) {
-        const auto tid = static_cast<id_t>(::gettid());
-        errno = 0;
-        const int current = ::getpriority(PRIO_PROCESS, tid);
-        if (errno == 0 && current >= nice) return;
-        if (::setpriority(PRIO_PROCESS, tid, nice) != 0)
-            log::warning(std::string("cannot lower the worker's priority: ") + std::strerror(errno));
-    }
-
     void stop() {
         for (auto& w : workers) w->queue.close();
         for (auto& w : workers)
@@ -255,6 +257,7 @@ void WorkerPool::drain_and_stop() {
 void WorkerPool::publish_overflow() const noexcept {
     const OverflowState state = overflow();
     impl_->metrics.overflow_bytes.store(state.bytes, std::memory_order_relaxed);
+    impl_->metrics.overflow_frames.store(state.frames, std::memory_order_relaxed);
     impl_->metrics.frames_overflowed.store(state.frames_total, std::memory_order_relaxed);
 }
 
@@ -270,6 +273,7 @@ WorkerPool::OverflowState WorkerPool::overflow() const noexcept {
     OverflowState state;
     for (const auto& w : impl_->workers) {
         state.bytes += w->queue.overflow_bytes();
+        state.frames += w->queue.overflow_frames();
         state.frames_total += w->queue.spilled_total();
     }
     return state;

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -20,6 +21,7 @@
 
 #include "dnstap_collector/log.hpp"
 #include "dnstap_collector/metrics.hpp"
+#include "dnstap_collector/pipeline.hpp"
 #include "dnstap_collector/sinks.hpp"
 #include "sinks/copy_encoder.hpp"
 #include "sinks/migrations.hpp"
@@ -164,6 +166,8 @@ struct PostgresSink::Impl {
     std::atomic<bool> up{false};
 
     std::thread writer;
+    bool stop_waiting_ = false;        // under mu: consume() waits no longer than consume_wait
+    bool backend_nice_logged = false;
     bool started = false;
     std::optional<Spool> spool;
     std::optional<pg::Connection> conn;
@@ -220,6 +224,7 @@ struct PostgresSink::Impl {
         // of dnstap.schema_version (no DDL, no database CREATE privilege needed).
         migrate_if_needed(c);
         c.set_bounds(bounds(true));
+        if (opt.nice > 0 || !opt.cgroup.empty()) deprioritize_backend(c);
         if (opt.pdns) c.exec(create_stage_sql);
         parts.forget();
         parts.maintain(c, unix_now());
@@ -232,6 +237,37 @@ struct PostgresSink::Impl {
         if (lost_logged) log::info("database back: " + where);
         else log::info("database connected: " + where);
         lost_logged = false;
+    }
+
+    // The backend does most of the storing work: on a host shared with named it yields too.
+    // Only over a Unix socket (the backend is on this host) and only a process that is a
+    // PostgreSQL backend here (a socket from a container may name another PID namespace).
+    void deprioritize_backend(pg::Connection& c) {
+        const char* host = PQhost(c.get());
+        const int pid = PQbackendPID(c.get());
+        if (host == nullptr || (host[0] != '/' && host[0] != '@')) {
+            if (!backend_nice_logged) log::info("PostgreSQL is reached over TCP: its backend keeps its priority");
+            backend_nice_logged = true;
+            return;
+        }
+        std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+        std::string cmdline;
+        std::getline(in, cmdline, '\0');
+        if (!cmdline.starts_with("postgres")) {
+            if (!backend_nice_logged)
+                log::info("PostgreSQL backend " + std::to_string(pid) + " is not a process here: it keeps its priority");
+            backend_nice_logged = true;
+            return;
+        }
+        const std::string what = "PostgreSQL backend " + std::to_string(pid);
+        bool ok = true;
+        if (opt.nice > 0) ok = lower_process_priority(pid, opt.nice, what) && ok;
+        if (!opt.cgroup.empty()) ok = move_process_to_cgroup(opt.cgroup, pid, what) && ok;
+        if (!ok && !backend_nice_logged)
+            log::info("moving or lowering the PostgreSQL backend needs root, CAP_SYS_NICE or the postgres user; "
+                      "the writer thread and the workers are lowered regardless (give PostgreSQL's service "
+                      "CPUWeight=idle if it serves only dnstap)");
+        backend_nice_logged = true;
     }
 
     void mark_down(const std::string& reason) {
@@ -661,6 +697,8 @@ struct PostgresSink::Impl {
 
     // Writer thread: queued rows -> database (or spool), maintenance in between transactions.
     void run() {
+        if (opt.nice > 0) lower_thread_priority(opt.nice, "the PostgreSQL writer");
+        if (!opt.cgroup.empty()) join_cgroup(opt.cgroup, "the PostgreSQL writer");
         for (;;) {
             bool finished = false;
             auto idle = spool && !spool->empty() ? 100ms : 1000ms;
@@ -717,8 +755,19 @@ struct PostgresSink::Impl {
             if (queued_rows >= opt.queue_rows && !closing) {
                 has_rows.notify_one();
                 const auto room = [&] { return queued_rows < opt.queue_rows || closing; };
-                if (opt.wait_for_room) has_room.wait(lock, room);
-                else has_room.wait_until(lock, Clock::now() + consume_wait, room);
+                if (opt.wait_for_room) {
+                    has_room.wait(lock, room);
+                } else if (opt.wait_while_writing) {
+                    // The worker's input overflows to disk meanwhile: wait while the rows have
+                    // somewhere to go, however slowly (a writer at low priority on a busy host).
+                    // Without the database or a spool, or once shutdown begins, the usual bound.
+                    while (!has_room.wait_until(lock, Clock::now() + consume_wait, room)) {
+                        const bool can_store = metrics.database_up.load(std::memory_order_relaxed) != 0 || spool;
+                        if (!can_store || stop_waiting_) break;
+                    }
+                } else {
+                    has_room.wait_until(lock, Clock::now() + consume_wait, room);
+                }
             }
             if (closing || queued_rows >= opt.queue_rows) {
                 lock.unlock();
@@ -753,6 +802,14 @@ PostgresSink::PostgresSink(PostgresOptions options, Metrics& metrics)
     : impl_(std::make_unique<Impl>(std::move(options), metrics)) {}
 
 PostgresSink::~PostgresSink() { stop(); }
+
+void PostgresSink::stop_waiting() {
+    {
+        std::lock_guard lock(impl_->mu);
+        impl_->stop_waiting_ = true;
+    }
+    impl_->has_room.notify_all();
+}
 
 void PostgresSink::start() {
     Impl& s = *impl_;

@@ -352,6 +352,14 @@ FrameBatch numbered_frames(std::uint32_t from, std::uint32_t count) {
     return batch;
 }
 
+// drain_and_stop() leaves the overflow files for the next start: wait for the workers first.
+void wait_until_processed(const WorkerPool& pool) {
+    for (int i = 0; pool.queued() > 0; ++i) {
+        REQUIRE(i < 3000);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
 std::uint32_t number_of(std::span<const std::uint8_t> f) {
     REQUIRE(f.size() >= 4);
     return (std::uint32_t{f[0]} << 24) | (std::uint32_t{f[1]} << 16) | (std::uint32_t{f[2]} << 8) | f[3];
@@ -378,10 +386,13 @@ TEST_CASE("frame queue: frames beyond the memory bound wait in the overflow file
         for (const auto& b : popped)
             for (std::size_t i = 0; i < b.frames(); ++i) REQUIRE(number_of(b.frame(i)) == next_out++);
     }
-    queue.close();
-    while (queue.pop_all(popped, std::chrono::milliseconds(0)))
+    while (queue.frames() > 0) {
+        REQUIRE(queue.pop_all(popped, std::chrono::milliseconds(0)));
         for (const auto& b : popped)
             for (std::size_t i = 0; i < b.frames(); ++i) REQUIRE(number_of(b.frame(i)) == next_out++);
+    }
+    queue.close();
+    CHECK_FALSE(queue.pop_all(popped, std::chrono::milliseconds(0)));
     CHECK(next_out == next_in);
     CHECK(queue.spilled_total() > 0);
     CHECK(queue.frames() == 0);
@@ -402,10 +413,11 @@ TEST_CASE("frame queue: the overflow file's size limit refuses frames, which the
     CHECK(taken < 30);
     std::vector<FrameBatch> popped;
     std::uint32_t next_out = 0;
-    queue.close();
-    while (queue.pop_all(popped, std::chrono::milliseconds(0)))
+    while (queue.frames() > 0) {
+        REQUIRE(queue.pop_all(popped, std::chrono::milliseconds(0)));
         for (const auto& b : popped)
             for (std::size_t i = 0; i < b.frames(); ++i) REQUIRE(number_of(b.frame(i)) == next_out++);
+    }
     CHECK(next_out == taken);  // the leading frames, in order: the rest were refused
 }
 
@@ -419,13 +431,13 @@ TEST_CASE("worker pool: with an overflow directory nothing is dropped for room a
     options.workers = GENERATE(1u, 3u);
     options.queue_frames = 16;  // far too small: most frames go through the files
     options.overflow_dir = dir.path.string();
-    options.worker_nice = 5;
+    options.storage_nice = 5;
     Run run;
     {
         WorkerPool pool(options, sink, metrics);
         run = produce(pool, metrics, messages, 4, 6);
+        wait_until_processed(pool);
         pool.drain_and_stop();
-        CHECK(pool.queued() == 0);
     }
     check_exactly_once(run, sink, metrics);
     CHECK(metrics.dropped[static_cast<std::size_t>(DropReason::queue_full)].load() == 0);
@@ -465,6 +477,7 @@ TEST_CASE("worker pool: overflow files an earlier run left are processed at star
     options.overflow_dir = dir.path.string();
     {
         WorkerPool pool(options, sink, metrics);
+        wait_until_processed(pool);
         pool.drain_and_stop();
     }
     INFO(metrics.summary());
@@ -473,4 +486,70 @@ TEST_CASE("worker pool: overflow files an earlier run left are processed at star
     CHECK(metrics.messages_decoded.load() == written.size());
     CHECK_FALSE(fs::exists(dir.path / "worker-1.fstrm"));
     CHECK(fs::file_size(dir.path / "worker-0.fstrm") < 64);
+}
+
+TEST_CASE("overflow file: a restart takes up from where the last run had read, not from the start",
+          "[worker_pool][overflow]") {
+    TempDir dir;
+    const fs::path path = dir.path / "worker-0.fstrm";
+    FrameBatch got;
+    {
+        OverflowFile file(path, 1u << 30);
+        FrameBatch batch = numbered_frames(0, 1000);
+        REQUIRE(file.append(batch, 0) == 1000);
+        // About a third handed out before the "crash" (the object goes away without reset()).
+        REQUIRE(file.read(got, file.write_offset(), 8000) > 0);
+    }
+    const std::size_t handed_out = got.frames();
+    REQUIRE(handed_out < 1000);
+    OverflowFile again(path, 1u << 30);
+    CHECK(again.restored_frames() == 1000 - handed_out);
+    FrameBatch rest;
+    while (again.read(rest, again.write_offset(), 1u << 20) > 0) {}
+    REQUIRE(rest.frames() == 1000 - handed_out);
+    for (std::size_t i = 0; i < rest.frames(); ++i) REQUIRE(number_of(rest.frame(i)) == handed_out + i);
+}
+
+TEST_CASE("worker pool: a shutdown leaves the overflow backlog on disk and the next start stores it",
+          "[worker_pool][overflow]") {
+    const auto messages = corpus_messages();
+    TempDir dir;
+    PipelineOptions options;
+    options.workers = 1;
+    options.queue_frames = 10;
+    options.overflow_dir = dir.path.string();
+    const Frame frame = tagged(messages.front(), "burst", "x");
+    Metrics first;
+    BlockingSink blocked;
+    std::uint64_t left = 0;
+    {
+        WorkerPool pool(options, blocked, first);
+        // The worker sits in the sink with the first frames; the rest queue up, then overflow.
+        for (int round = 0; !blocked.entered(); ++round) {
+            REQUIRE(round < 1000);
+            for (std::size_t i = 0; i < messages.size(); ++i) pool.offer(tagged(messages[i], "warm-up", std::to_string(i)));
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        std::vector<std::span<const std::uint8_t>> burst(500, std::span<const std::uint8_t>(frame));
+        pool.offer_all(burst);
+        blocked.release();
+        pool.drain_and_stop();
+        left = first.overflow_frames.load();
+    }
+    INFO(first.summary());
+    CHECK(first.dropped_total() == 0);
+    REQUIRE(left > 400);  // the burst, less what fit in memory
+    CHECK(first.frames_accepted.load() == first.messages_decoded.load() + left);
+
+    Metrics second;
+    CollectingSink sink;
+    {
+        WorkerPool pool(options, sink, second);
+        wait_until_processed(pool);
+        pool.drain_and_stop();
+    }
+    INFO(second.summary());
+    CHECK(second.frames_restored.load() == left);
+    CHECK(second.messages_decoded.load() == left);
+    CHECK(second.overflow_frames.load() == 0);
 }
