@@ -59,10 +59,34 @@ _bench_cleanup() {
   for pid in "${BENCH_NAMED_PIDS[@]}" "${BENCH_PIDS[@]}"; do
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && bg_stop "$pid" 10
   done
+  [[ -n "${IDLE_CG:-}" ]] && rmdir "$IDLE_CG" 2>/dev/null
   (exit "$rc")
   _cleanup
 }
 trap _bench_cleanup EXIT
+
+# ---------------------------------------------------------------------------------------
+# Idle CPU group: what a host shared with named should give storage (see docs/benchmarks.md).
+# idle_cgroup_setup creates a cgroup with cpu.idle = 1 and sets IDLE_CG (where processes and
+# threads go) and IDLE_CG_PARENT (where they come back to); returns 1 when this machine has
+# none that the benchmark can use: not root, or no cgroup v1 cpu controller with cpu.idle
+# (kernel 5.15+). Under cgroup v2 a thread cannot leave its process's domain cgroup outside
+# a threaded subtree; a service manager sets that up (Delegate=yes), a benchmark does not.
+IDLE_CG=""
+IDLE_CG_PARENT=""
+idle_cgroup_setup() {
+  local parent=/sys/fs/cgroup/cpu
+  [[ $EUID -eq 0 && -f "$parent/cpu.idle" && -w "$parent/tasks" ]] || return 1
+  IDLE_CG="$parent/dnstap-bench-idle.$$"
+  mkdir -p "$IDLE_CG" && echo 1 >"$IDLE_CG/cpu.idle" || { IDLE_CG=""; return 1; }
+  IDLE_CG_PARENT="$parent"
+}
+# cgroup_move_tree CGROUP PID: PID and its children (processes, all their threads).
+cgroup_move_tree() {
+  local cg="$1" pid="$2" child
+  echo "$pid" >"$cg/cgroup.procs" 2>/dev/null || true
+  for child in $(pgrep -P "$pid"); do echo "$child" >"$cg/cgroup.procs" 2>/dev/null || true; done
+}
 
 # ---------------------------------------------------------------------------------------
 # /proc readings
