@@ -68,12 +68,12 @@ public:
     // to `out` until it holds about max_bytes; returns how many.
     std::size_t read(FrameBatch& out, std::uint64_t upto, std::size_t max_bytes);
     std::uint64_t write_offset() const noexcept { return write_off_; }
+    std::uint64_t read_offset() const noexcept { return read_off_; }  // the consumer's thread only
     bool caught_up(std::uint64_t upto) const noexcept { return read_off_ >= upto; }
     // Everything read: start over at the beginning (keeps the file small).
     void reset();
     // Frames found in the file at start, left by an earlier run.
     std::uint64_t restored_frames() const noexcept { return restored_frames_; }
-    std::uint64_t pending_bytes() const noexcept { return write_off_ - read_off_; }
     const std::filesystem::path& path() const noexcept { return path_; }
 
 private:
@@ -106,6 +106,7 @@ public:
         std::lock_guard lock(mutex_);
         overflow_ = std::move(file);
         spilled_frames_ = overflow_->restored_frames();
+        overflow_read_ = overflow_->read_offset();
         spilling_ = !overflow_->caught_up(overflow_->write_offset());
     }
 
@@ -213,7 +214,8 @@ public:
         const std::uint64_t upto = overflow_->write_offset();
         FrameBatch slice = take_spare();
         lock.unlock();
-        const std::size_t n = overflow_->read(slice, upto, max_bytes_ / 2 + 1);
+        // Slices small enough to be kept as spares: reading back allocates nothing either.
+        const std::size_t n = overflow_->read(slice, upto, std::min(max_bytes_ / 2 + 1, max_spare_bytes - 64 * 1024));
         lock.lock();
         spilled_frames_ -= std::min<std::uint64_t>(spilled_frames_, n);
         if (overflow_->caught_up(overflow_->write_offset())) {
@@ -221,6 +223,7 @@ public:
             spilling_ = false;
             spilled_frames_ = 0;
         }
+        overflow_read_ = overflow_->read_offset();
         if (!slice.empty()) batches.push_back(std::move(slice));
         return true;
     }
@@ -233,7 +236,10 @@ public:
     // Frames waiting, in memory and in the overflow file.
     std::size_t frames() const { std::lock_guard lock(mutex_); return frames_ + spilled_frames_; }
     std::uint64_t overflow_frames() const { std::lock_guard lock(mutex_); return spilled_frames_; }
-    std::uint64_t overflow_bytes() const { std::lock_guard lock(mutex_); return overflow_ ? overflow_->pending_bytes() : 0; }
+    std::uint64_t overflow_bytes() const {
+        std::lock_guard lock(mutex_);
+        return overflow_ ? overflow_->write_offset() - overflow_read_ : 0;
+    }
     std::uint64_t spilled_total() const { std::lock_guard lock(mutex_); return total_spilled_; }
 
 private:
@@ -271,6 +277,7 @@ private:
     bool spilling_ = false;             // frames are in the file: new ones go there too
     std::uint64_t spilled_frames_ = 0;  // frames in the file not yet read
     std::uint64_t total_spilled_ = 0;
+    std::uint64_t overflow_read_ = 0;   // the file's read offset as of the consumer's last slice
 };
 
 }  // namespace dnstap_collector

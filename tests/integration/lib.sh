@@ -303,6 +303,24 @@ start_collector() {
   log "collector pid $COLLECTOR_PID listening on $sock ($(stat -c '%A %U:%G' "$sock"))"
 }
 
+# block_exchange_writes [SECONDS]: a session (application_name 'blocker') holds ACCESS
+# EXCLUSIVE on dnstap.exchange, so every write of the collector blocks; sets BLOCKER_PID.
+# unblock_exchange_writes ends it.
+block_exchange_writes() {
+  psql -X -q -v ON_ERROR_STOP=1 -c "SET application_name = 'blocker'" \
+    -c "BEGIN" -c "LOCK TABLE dnstap.exchange IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(${1:-300})" -c "COMMIT" \
+    >"$WORK/blocker.out" 2>&1 &
+  BLOCKER_PID=$!
+  _track_pid "$BLOCKER_PID"
+  wait_for "[[ \$(psql_value \"SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+    WHERE a.application_name = 'blocker' AND l.mode = 'AccessExclusiveLock' AND l.granted\") -ge 1 ]]" 10 \
+    || fail "the blocking session did not get its lock on dnstap.exchange"
+}
+unblock_exchange_writes() {
+  psql_value "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'blocker'" >/dev/null
+  wait "$BLOCKER_PID" 2>/dev/null || true
+}
+
 collector_running() {
   [[ -n "$COLLECTOR_PID" ]] && kill -0 "$COLLECTOR_PID" 2>/dev/null
 }

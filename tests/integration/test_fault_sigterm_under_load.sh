@@ -89,14 +89,7 @@ start_named nsb 127.0.0.1 "$PORT_B" "$COLLECTOR_SOCKET" \
 wait_for "(( \$(psql_value \"SELECT count(*) FROM dnstap.exchange WHERE identity = 'nsb'\") > 0 ))" 10 \
   || fail "B: the readiness probe of nsb never reached PostgreSQL"
 log "B: a session takes ACCESS EXCLUSIVE on dnstap.exchange; the collector's writes block"
-psql -X -q -v ON_ERROR_STOP=1 -c "SET application_name = 'blocker'" \
-  -c "BEGIN" -c "LOCK TABLE dnstap.exchange IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(120)" -c "COMMIT" \
-  >"$WORK/blocker.out" 2>&1 &
-BLOCKER_PID=$!
-_track_pid "$BLOCKER_PID"
-wait_for "[[ \$(psql_value \"SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-  WHERE a.application_name = 'blocker' AND l.mode = 'AccessExclusiveLock' AND l.granted\") -ge 1 ]]" 10 \
-  || fail "B: the blocking session did not get its lock"
+block_exchange_writes 120
 dnsperf -s 127.0.0.1 -p "$PORT_B" -d "$WORK/queries.txt" -c 8 -q 200 -Q "$QPS" -l $((LOAD_S + 6)) -t 2 \
   >"$WORK/dnsperf-b.out" 2>&1 &
 DNSPERF_PID=$!
@@ -106,8 +99,7 @@ waiting="$(psql_value "SELECT count(*) FROM pg_stat_activity WHERE wait_event_ty
 log "B: $waiting sessions wait for the lock; SIGTERM"
 sigterm_and_time
 # Release the lock whatever happened, so the checks below can read the table.
-psql_value "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'blocker'" >/dev/null
-wait "$BLOCKER_PID" 2>/dev/null || true
+unblock_exchange_writes
 wait "$DNSPERF_PID" || true
 stop_named nsb
 # Known collector bug at the time of writing: the writer thread sits in a blocking libpq

@@ -43,14 +43,7 @@ wait_for "(( \$(psql_value \"SELECT count(*) FROM dnstap.exchange WHERE identity
 read -r s0 d0 < <(named_dnstap_stats "$NAME" | sed -E 's/DNSTAPsuccess=([0-9]+) DNSTAPdropped=([0-9]+)/\1 \2/')
 
 # --- A: writes blocked -----------------------------------------------------------------
-psql -X -q -v ON_ERROR_STOP=1 -c "SET application_name = 'blocker'" \
-  -c "BEGIN" -c "LOCK TABLE dnstap.exchange IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(300)" -c "COMMIT" \
-  >"$WORK/blocker.out" 2>&1 &
-BLOCKER_PID=$!
-_track_pid "$BLOCKER_PID"
-wait_for "[[ \$(psql_value \"SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-  WHERE a.application_name = 'blocker' AND l.mode = 'AccessExclusiveLock' AND l.granted\") -ge 1 ]]" 10 \
-  || fail "A: the blocking session did not get its lock"
+block_exchange_writes
 for ((i = 0; i < N; i++)); do printf 'ovf-%d.%s A\n' "$i" "$ZONE"; done >"$WORK/q1.txt"
 log "A: $N distinct queries at $QPS qps while every write blocks"
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/q1.txt" -n 1 -c 4 -q 64 -Q "$QPS" -t 2 >"$WORK/dnsperf1.out" 2>&1 \
@@ -71,8 +64,7 @@ log "B: SIGKILL the collector with $in_files frames in its overflow files"
 kill -KILL "$COLLECTOR_PID"
 wait "$COLLECTOR_PID" 2>/dev/null || true
 COLLECTOR_PID=""
-psql_value "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'blocker'" >/dev/null
-wait "$BLOCKER_PID" 2>/dev/null || true
+unblock_exchange_writes
 cp "$WORK/collector.log" "$WORK/collector-killed.log"
 rm -f "$COLLECTOR_SOCKET"
 start_collector "${COLLECTOR_ARGS[@]}"

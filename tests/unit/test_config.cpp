@@ -102,3 +102,27 @@ TEST_CASE("queue-bytes bounds the frame queue and refuses a budget under 1 MiB")
     CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "-w", "/tmp/x", "--queue-bytes", "1000"}),
                       Catch::Contains("queue bytes"));
 }
+
+TEST_CASE("overflow and storage priority options from TOML and flags, with their bounds") {
+    const auto file = write_file(R"([pipeline]
+overflow_dir = "/var/lib/dnstap-collector/overflow"
+overflow_max_bytes = 1073741824
+storage_nice = 19
+storage_cgroup = "/sys/fs/cgroup/cpu/dnstap-storage"
+)");
+    auto c = parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--config", file});
+    std::remove(file.c_str());
+    CHECK(c.pipeline.overflow_dir == "/var/lib/dnstap-collector/overflow");
+    CHECK(c.pipeline.overflow_max_bytes == (1ull << 30));
+    CHECK(c.pipeline.storage_nice == 19);
+    CHECK(c.pipeline.storage_cgroup == "/sys/fs/cgroup/cpu/dnstap-storage");
+    CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-nice", "5"}).pipeline.storage_nice == 5);
+    CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-nice", "20"}),
+                      Catch::Contains("storage nice"));
+    CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--overflow-max-bytes", "1000"}),
+                      Catch::Contains("overflow max bytes"));
+    // Defaults: no overflow files, normal priority (what serve did before these options).
+    auto d = parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x"});
+    CHECK(d.pipeline.overflow_dir.empty());
+    CHECK(d.pipeline.storage_nice == 0);
+}
