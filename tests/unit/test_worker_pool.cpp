@@ -5,6 +5,7 @@
 // (build-tsan, -DDNSTAP_TSAN=ON): "[worker_pool]".
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -552,4 +553,44 @@ TEST_CASE("worker pool: a shutdown leaves the overflow backlog on disk and the n
     CHECK(second.frames_restored.load() == left);
     CHECK(second.messages_decoded.load() == left);
     CHECK(second.overflow_frames.load() == 0);
+}
+
+TEST_CASE("storage priority: a thread lowers its own nice value, never raises it, and joins a cgroup directory",
+          "[worker_pool][priority]") {
+    int seen_after_lower = -100, seen_after_raise = -100;
+    long tid = 0;
+    TempDir v1, v2;
+    std::ofstream(v1.path / "tasks").flush();
+    std::ofstream(v2.path / "cgroup.threads").flush();  // v2: threads join through cgroup.threads
+    std::ofstream(v2.path / "tasks").flush();
+    bool joined_v1 = false, joined_v2 = false;
+    // Relative to where the test runs (CI may run it niced already).
+    const int own_before = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+    const int target = std::min(19, own_before + 5);
+    std::thread t([&] {
+        tid = static_cast<long>(::gettid());
+        lower_thread_priority(target, "the test thread");
+        seen_after_lower = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+        lower_thread_priority(std::max(0, target - 4), "the test thread");  // a raise: left as is
+        seen_after_raise = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+        joined_v1 = join_cgroup(v1.path.string(), "the test thread");
+        joined_v2 = join_cgroup(v2.path.string(), "the test thread");
+    });
+    t.join();
+    CHECK(seen_after_lower == target);
+    CHECK(seen_after_raise == target);
+    // Only the calling thread: the test's own thread keeps its priority.
+    CHECK(::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid())) == own_before);
+    auto first_line = [](const fs::path& p) {
+        std::ifstream in(p);
+        std::string line;
+        std::getline(in, line);
+        return line;
+    };
+    CHECK(joined_v1);
+    CHECK(first_line(v1.path / "tasks") == std::to_string(tid));
+    CHECK(joined_v2);
+    CHECK(first_line(v2.path / "cgroup.threads") == std::to_string(tid));
+    CHECK(first_line(v2.path / "tasks").empty());
+    CHECK_FALSE(join_cgroup((v1.path / "missing").string(), "the test thread"));
 }
