@@ -75,9 +75,10 @@ struct WorkerPool::Impl {
         fs::create_directories(dir);
         // Two collectors appending to the same files would mix their frames.
         overflow_lock.fd = ::open((dir / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-        if (overflow_lock.fd < 0 || ::flock(overflow_lock.fd, LOCK_EX | LOCK_NB) != 0)
-            throw std::runtime_error("overflow directory " + dir.string() + " is in use by another collector (or not writable: " +
-                                     std::strerror(errno) + ")");
+        if (overflow_lock.fd < 0)
+            throw std::runtime_error("overflow directory " + dir.string() + ": cannot open its lock file: " + std::strerror(errno));
+        if (::flock(overflow_lock.fd, LOCK_EX | LOCK_NB) != 0)
+            throw std::runtime_error("overflow directory " + dir.string() + " is in use by another collector");
         auto name = [](unsigned i) { return "worker-" + std::to_string(i) + ".fstrm"; };
         std::uint64_t restored = 0;
         for (unsigned i = 0; i < n; ++i) {
