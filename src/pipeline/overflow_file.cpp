@@ -15,23 +15,6 @@
 namespace dnstap_collector {
 
 namespace {
-// A Frame Streams START control frame for "protobuf:dnstap.Dnstap", so that a file left
-// behind can be read by `dnstap-collector import` or fstrm_dump.
-std::vector<std::uint8_t> start_frame() {
-    static constexpr std::string_view content_type = "protobuf:dnstap.Dnstap";
-    std::vector<std::uint8_t> out;
-    auto be32 = [&](std::uint32_t v) {
-        for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));
-    };
-    be32(0);                                           // escape: a control frame follows
-    be32(static_cast<std::uint32_t>(4 + 4 + 4 + content_type.size()));
-    be32(0x02);                                        // START
-    be32(0x01);                                        // field: content type
-    be32(static_cast<std::uint32_t>(content_type.size()));
-    out.insert(out.end(), content_type.begin(), content_type.end());
-    return out;
-}
-
 std::uint32_t read_be32(const std::uint8_t* p) noexcept {
     return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
 }
@@ -42,7 +25,7 @@ std::uint32_t read_be32(const std::uint8_t* p) noexcept {
 }  // namespace
 
 OverflowFile::OverflowFile(std::filesystem::path path, std::uint64_t max_bytes)
-    : path_(std::move(path)), max_bytes_(max_bytes), header_(start_frame()) {
+    : path_(std::move(path)), max_bytes_(max_bytes), header_(encode_control(ControlType::start)) {
     try {
         open_or_take_up();
     } catch (...) {
@@ -130,11 +113,7 @@ std::size_t OverflowFile::append(const FrameBatch& batch, std::size_t first) {
         const auto frame = batch.frame(i);
         if (frame.empty()) continue;  // a zero length would read back as a control frame
         if (size + 4 + frame.size() > max_bytes_ + header_.size()) break;
-        const auto len = static_cast<std::uint32_t>(frame.size());
-        const std::uint8_t be[4] = {static_cast<std::uint8_t>(len >> 24), static_cast<std::uint8_t>(len >> 16),
-                                    static_cast<std::uint8_t>(len >> 8), static_cast<std::uint8_t>(len)};
-        scratch_.insert(scratch_.end(), be, be + 4);
-        scratch_.insert(scratch_.end(), frame.begin(), frame.end());
+        append_data_frame(scratch_, frame);
         size += 4 + frame.size();
         ++n;
     }
