@@ -838,76 +838,42 @@ EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns) {
 }
 
 EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
-                          std::span<const Exchange> more, bool pdns_as_map, std::string buffer) {
-    std::size_t n = more.size();
-    for (const auto& c : chunks) n += c.size();
+                          std::span<const Exchange> more, bool pdns_as_map) {
     EncodedBatch out;
-    out.rows = std::move(buffer);
-    out.rows.clear();
-    out.rows.reserve(n * 320);  // typical rows are 250..400 bytes
-    out.row_end.reserve(n);
-    out.messages.reserve(n);
-    out.times_us.reserve(n);
-    PdnsAggregate pdns;
-    auto add = [&](const Exchange& e) {
-        append_exchange(e, out);
-        if (with_pdns) pdns.add(e);
-    };
-    for (const auto& c : chunks)
-        for (const auto& e : c) add(e);
-    for (const auto& e : more) add(e);
-    if (with_pdns && !pdns.empty()) {
-        if (pdns_as_map) {
-            out.pdns_map = std::move(pdns);
-        } else {
-            out.pdns_rows = pdns.encode();
-            out.pdns_count = static_cast<std::uint32_t>(pdns.size());
-        }
-    }
+    for (const auto& c : chunks) encode_into(out, c, with_pdns);
+    encode_into(out, more, with_pdns);
+    if (!pdns_as_map) out.encode_pdns();
     return out;
 }
 
 void EncodedBatch::encode_pdns() {
     if (pdns_map.empty()) return;
-    pdns_rows = pdns_map.encode();
+    pdns_rows.clear();
+    pdns_map.encode(pdns_rows);
     pdns_count = static_cast<std::uint32_t>(pdns_map.size());
     pdns_format = 2;
     pdns_map.clear();
 }
 
-namespace {
-
-template <class Parts, class Get>
-EncodedBatch concat_parts(const Parts& parts, Get get) {
+EncodedBatch EncodedBatch::concat(std::span<const std::unique_ptr<EncodedBatch>> parts) {
     EncodedBatch out;
     std::size_t bytes = 0, rows = 0;
     for (const auto& p : parts) {
-        bytes += get(p).rows.size();
-        rows += get(p).size();
+        bytes += p->rows.size();
+        rows += p->size();
     }
     out.rows.reserve(bytes);
     out.row_end.reserve(rows);
     out.messages.reserve(rows);
     out.times_us.reserve(rows);
-    for (const auto& part : parts) {
-        const EncodedBatch& p = get(part);
+    for (const auto& p : parts) {
         auto base = static_cast<std::uint32_t>(out.rows.size());
-        out.rows += p.rows;
-        for (std::uint32_t end : p.row_end) out.row_end.push_back(base + end);
-        out.messages.insert(out.messages.end(), p.messages.begin(), p.messages.end());
-        out.times_us.insert(out.times_us.end(), p.times_us.begin(), p.times_us.end());
+        out.rows += p->rows;
+        for (std::uint32_t end : p->row_end) out.row_end.push_back(base + end);
+        out.messages.insert(out.messages.end(), p->messages.begin(), p->messages.end());
+        out.times_us.insert(out.times_us.end(), p->times_us.begin(), p->times_us.end());
     }
     return out;
-}
-
-}  // namespace
-
-EncodedBatch EncodedBatch::concat(std::span<const EncodedBatch> parts) {
-    return concat_parts(parts, [](const EncodedBatch& p) -> const EncodedBatch& { return p; });
-}
-
-EncodedBatch EncodedBatch::concat(std::span<const std::unique_ptr<EncodedBatch>> parts) {
-    return concat_parts(parts, [](const std::unique_ptr<EncodedBatch>& p) -> const EncodedBatch& { return *p; });
 }
 
 }  // namespace dnstap_collector::copy

@@ -177,20 +177,17 @@ struct EncodedBatch {
     // empty); leaves pdns_map empty.
     void encode_pdns();
     // The rows of several batches, in order, as one (pdns parts are left out).
-    static EncodedBatch concat(std::span<const EncodedBatch> parts);
     static EncodedBatch concat(std::span<const std::unique_ptr<EncodedBatch>> parts);
 };
 
-EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns);
-// The same over several vectors, as the sink's queue holds them. With pdns_as_map the pdns
-// aggregate is left in pdns_map, not encoded.
-// `buffer`: storage for the rows to reuse (its capacity; contents are dropped), e.g. the rows
-// of a batch already committed, so that each batch does not fault in fresh pages.
-EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
-                          std::span<const Exchange> more = {}, bool pdns_as_map = false,
-                          std::string buffer = {});
-// Appends the rows (and, with_pdns, the pdns records to pdns_map) of `exchanges` to `out`.
+// Appends the rows (and, with_pdns, the pdns records to pdns_map) of `exchanges` to `out`:
+// what the sink does, into batches it reuses.
 void encode_into(EncodedBatch& out, std::span<const Exchange> exchanges, bool with_pdns);
+// A new batch, through encode_into(), with the pdns records encoded (or, with pdns_as_map,
+// left in pdns_map): for tests, the fuzz target and other one-off callers.
+EncodedBatch encode_batch(std::span<const Exchange> exchanges, bool with_pdns);
+EncodedBatch encode_batch(std::span<const std::vector<Exchange>> chunks, bool with_pdns,
+                          std::span<const Exchange> more = {}, bool pdns_as_map = false);
 void append_exchange(const Exchange& e, EncodedBatch& out);
 
 }  // namespace dnstap_collector::copy

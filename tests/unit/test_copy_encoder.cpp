@@ -522,9 +522,9 @@ TEST_CASE("encoded batches concatenate by rows", "[copy]") {
     a[1].response = std::make_unique<DnstapMessage>(response_message());
     c[0].response = std::make_unique<DnstapMessage>(response_message());
     EncodedBatch x = encode_batch(a, false), y = encode_batch(c, false);
-    std::vector<EncodedBatch> parts;
-    parts.push_back(x);
-    parts.push_back(y);
+    std::vector<std::unique_ptr<EncodedBatch>> parts;
+    parts.push_back(std::make_unique<EncodedBatch>(x));
+    parts.push_back(std::make_unique<EncodedBatch>(y));
     EncodedBatch all = EncodedBatch::concat(parts);
     REQUIRE(all.size() == 3);
     CHECK(all.rows == x.rows + y.rows);
