@@ -162,8 +162,7 @@ int run_serve(Config& config, int argc, char** argv) {
     std::unique_ptr<WorkerPool> pool;
     SinkSet sinks;
     if (config.postgres) {
-        config.postgres->nice = config.pipeline.storage_nice;
-        config.postgres->cgroup = config.pipeline.storage_cgroup;
+        config.postgres->storage = config.pipeline.storage;
         // Workers whose input overflows to disk can wait for a writer that is slow but moving.
         config.postgres->wait_while_writing = !config.pipeline.overflow_dir.empty();
         postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);

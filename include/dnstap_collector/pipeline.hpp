@@ -12,6 +12,7 @@
 
 #include "dnstap_collector/ingest.hpp"
 #include "dnstap_collector/pair.hpp"
+#include "dnstap_collector/sinks.hpp"
 
 namespace dnstap_collector {
 
@@ -52,30 +53,13 @@ struct PipelineOptions {
     // catch up. Files a previous run left are processed first.
     std::string overflow_dir;
     std::uint64_t overflow_max_bytes = 4ull << 30;
-    // Nice value (0-19) of everything after ingest: the worker threads here, and the
-    // PostgreSQL writer thread and backend (PostgresOptions::nice). Above 0, storage yields
-    // the CPU to named (and to ingest, which keeps the process's priority) on a shared host;
-    // with an overflow directory it catches up when the CPU is free instead of dropping.
-    int storage_nice = 0;
-    // Non-empty: a cgroup directory (typically with cpu.idle = 1) that the same threads join,
-    // and the local PostgreSQL backend when permitted. Ingest stays where the process is, so
-    // named's stream is always read; storage gets only CPU that nothing else wants.
-    std::string storage_cgroup;
+    // The worker threads' place on a shared host (the PostgreSQL sink gets the same).
+    StoragePriority storage;
     PairOptions pairing;
     PrivacyOptions privacy;
     bool decode = true;                   // false: frames are counted as stored and discarded
                                           // (measures ingest alone, for benchmarks)
 };
-
-// Lowers the calling thread's priority to `nice` (Linux: per thread). Never raises it: a
-// service-wide Nice= above `nice` stays. Logs (as `what`) and returns false on failure.
-bool lower_thread_priority(int nice, std::string_view what);
-// The same for another process (the PostgreSQL backend): needs the same user or CAP_SYS_NICE.
-bool lower_process_priority(int pid, int nice, std::string_view what);
-// Moves the calling thread into the cgroup directory `dir` (v2: cgroup.threads, v1: tasks).
-bool join_cgroup(const std::string& dir, std::string_view what);
-// Moves process `pid` (all its threads) into the cgroup directory `dir` (cgroup.procs).
-bool move_process_to_cgroup(const std::string& dir, int pid, std::string_view what);
 
 class WorkerPool : public FrameConsumer {
 public:

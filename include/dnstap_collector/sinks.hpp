@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dnstap_collector/pair.hpp"
@@ -17,6 +18,29 @@ namespace boost::asio { class io_context; }
 namespace dnstap_collector {
 
 struct Metrics;
+
+// Where decoding, pairing and storing run on a host shared with named: everything after
+// ingest (worker threads, the PostgreSQL writer thread, and the local PostgreSQL backend when
+// permitted). Ingest keeps the process's priority, so named's stream is always read; with
+// overflow files, storage catches up when the CPU is free instead of dropping.
+struct StoragePriority {
+    int nice = 0;        // 0-19
+    std::string cgroup;  // a cgroup directory (cpu.idle = 1) to join; empty: none
+    bool active() const noexcept { return nice > 0 || !cgroup.empty(); }
+    // For the calling thread; failures are logged.
+    void apply_to_this_thread(std::string_view what) const;
+    // For another process (the PostgreSQL backend): needs root, the same user or
+    // CAP_SYS_NICE; false (logged) when something was not permitted.
+    bool apply_to_process(int pid, std::string_view what) const;
+};
+// The steps, for tests. Lowering never raises a priority (a service-wide Nice= above `nice`
+// stays); Linux nice values are per thread.
+bool lower_thread_priority(int nice, std::string_view what);
+bool lower_process_priority(int pid, int nice, std::string_view what);
+// Moves the calling thread into the cgroup directory `dir` (v2: cgroup.threads, v1: tasks).
+bool join_cgroup(const std::string& dir, std::string_view what);
+// Moves process `pid` (all its threads) into the cgroup directory `dir` (cgroup.procs).
+bool move_process_to_cgroup(const std::string& dir, int pid, std::string_view what);
 
 // Takes batches of exchanges from the workers. May wait a bounded time when its own queue is
 // full; what it cannot take is counted as dropped (sink_full), never silently lost.
@@ -58,10 +82,8 @@ struct PostgresOptions {
     bool wait_for_room = false;                           // consume() waits for room instead of
                                                           // dropping (import: a file can wait)
     std::chrono::seconds shutdown_timeout{10};
-    // >0: the writer thread, and the backend when it runs on this host (Unix socket), at this
-    // nice value (PipelineOptions::storage_nice).
-    int nice = 0;
-    std::string cgroup;  // non-empty: they join this cgroup (PipelineOptions::storage_cgroup)
+    // The writer thread, and the backend when it runs on this host (Unix socket).
+    StoragePriority storage;
     // consume() waits for room as long as the database (or the spool) takes rows, instead of
     // dropping after a bound: for a pool whose queues overflow to disk. Until stop_waiting().
     bool wait_while_writing = false;

@@ -146,8 +146,7 @@ struct WorkerPool::Impl {
     }
 
     void run(Worker& worker) {
-        if (options.storage_nice > 0) lower_thread_priority(options.storage_nice, "a decode worker");
-        if (!options.storage_cgroup.empty()) join_cgroup(options.storage_cgroup, "a decode worker");
+        options.storage.apply_to_this_thread("a decode worker");
         std::vector<Exchange> out;
         out.reserve(max_rows_per_handoff);
         Pairer* recycler = nullptr;

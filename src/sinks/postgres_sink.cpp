@@ -21,7 +21,6 @@
 
 #include "dnstap_collector/log.hpp"
 #include "dnstap_collector/metrics.hpp"
-#include "dnstap_collector/pipeline.hpp"
 #include "dnstap_collector/sinks.hpp"
 #include "sinks/copy_encoder.hpp"
 #include "sinks/migrations.hpp"
@@ -224,7 +223,7 @@ struct PostgresSink::Impl {
         // of dnstap.schema_version (no DDL, no database CREATE privilege needed).
         migrate_if_needed(c);
         c.set_bounds(bounds(true));
-        if (opt.nice > 0 || !opt.cgroup.empty()) deprioritize_backend(c);
+        if (opt.storage.active()) deprioritize_backend(c);
         if (opt.pdns) c.exec(create_stage_sql);
         parts.forget();
         parts.maintain(c, unix_now());
@@ -259,11 +258,7 @@ struct PostgresSink::Impl {
             backend_nice_logged = true;
             return;
         }
-        const std::string what = "PostgreSQL backend " + std::to_string(pid);
-        bool ok = true;
-        if (opt.nice > 0) ok = lower_process_priority(pid, opt.nice, what) && ok;
-        if (!opt.cgroup.empty()) ok = move_process_to_cgroup(opt.cgroup, pid, what) && ok;
-        if (!ok && !backend_nice_logged)
+        if (!opt.storage.apply_to_process(pid, "PostgreSQL backend " + std::to_string(pid)) && !backend_nice_logged)
             log::info("moving or lowering the PostgreSQL backend needs root, CAP_SYS_NICE or the postgres user; "
                       "the writer thread and the workers are lowered regardless (give PostgreSQL's service "
                       "CPUWeight=idle if it serves only dnstap)");
@@ -697,8 +692,7 @@ struct PostgresSink::Impl {
 
     // Writer thread: queued rows -> database (or spool), maintenance in between transactions.
     void run() {
-        if (opt.nice > 0) lower_thread_priority(opt.nice, "the PostgreSQL writer");
-        if (!opt.cgroup.empty()) join_cgroup(opt.cgroup, "the PostgreSQL writer");
+        opt.storage.apply_to_this_thread("the PostgreSQL writer");
         for (;;) {
             bool finished = false;
             auto idle = spool && !spool->empty() ? 100ms : 1000ms;

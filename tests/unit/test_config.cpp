@@ -114,9 +114,9 @@ storage_cgroup = "/sys/fs/cgroup/cpu/dnstap-storage"
     std::remove(file.c_str());
     CHECK(c.pipeline.overflow_dir == "/var/lib/dnstap-collector/overflow");
     CHECK(c.pipeline.overflow_max_bytes == (1ull << 30));
-    CHECK(c.pipeline.storage_nice == 19);
-    CHECK(c.pipeline.storage_cgroup == "/sys/fs/cgroup/cpu/dnstap-storage");
-    CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-nice", "5"}).pipeline.storage_nice == 5);
+    CHECK(c.pipeline.storage.nice == 19);
+    CHECK(c.pipeline.storage.cgroup == "/sys/fs/cgroup/cpu/dnstap-storage");
+    CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-nice", "5"}).pipeline.storage.nice == 5);
     CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-nice", "20"}),
                       Catch::Contains("storage nice"));
     CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--overflow-max-bytes", "1000"}),
@@ -124,5 +124,5 @@ storage_cgroup = "/sys/fs/cgroup/cpu/dnstap-storage"
     // Defaults: no overflow files, normal priority (what serve did before these options).
     auto d = parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x"});
     CHECK(d.pipeline.overflow_dir.empty());
-    CHECK(d.pipeline.storage_nice == 0);
+    CHECK(d.pipeline.storage.nice == 0);
 }

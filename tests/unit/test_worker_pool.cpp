@@ -432,7 +432,7 @@ TEST_CASE("worker pool: with an overflow directory nothing is dropped for room a
     options.workers = GENERATE(1u, 3u);
     options.queue_frames = 16;  // far too small: most frames go through the files
     options.overflow_dir = dir.path.string();
-    options.storage_nice = 5;
+    options.storage.nice = 5;
     Run run;
     {
         WorkerPool pool(options, sink, metrics);

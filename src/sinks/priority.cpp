@@ -8,7 +8,7 @@
 #include <string>
 
 #include "dnstap_collector/log.hpp"
-#include "dnstap_collector/pipeline.hpp"
+#include "dnstap_collector/sinks.hpp"
 
 namespace dnstap_collector {
 
@@ -58,6 +58,18 @@ bool join_cgroup(const std::string& dir, std::string_view what) {
 
 bool move_process_to_cgroup(const std::string& dir, int pid, std::string_view what) {
     return pid > 0 && write_id(std::filesystem::path(dir) / "cgroup.procs", pid, what);
+}
+
+void StoragePriority::apply_to_this_thread(std::string_view what) const {
+    if (nice > 0) lower_thread_priority(nice, what);
+    if (!cgroup.empty()) join_cgroup(cgroup, what);
+}
+
+bool StoragePriority::apply_to_process(int pid, std::string_view what) const {
+    bool ok = true;
+    if (nice > 0) ok = lower_process_priority(pid, nice, what) && ok;
+    if (!cgroup.empty()) ok = move_process_to_cgroup(cgroup, pid, what) && ok;
+    return ok;
 }
 
 }  // namespace dnstap_collector
