@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "dnstap_collector/frame.hpp"
 #include "dnstap_collector/log.hpp"
 
 namespace dnstap_collector {
@@ -78,7 +79,13 @@ public:
 
 private:
     static constexpr std::size_t chunk_bytes = 1u << 20;
+    // The largest --max-frame-size ingest accepts: a longer length is damage.
+    static constexpr std::size_t max_frame = std::size_t{1} << 30;
     std::pair<std::uint64_t, std::uint64_t> count_frames() const;  // whole frames, and where they end
+    std::size_t read_frames(FrameBatch& out, std::uint64_t upto, std::size_t max_bytes);
+    FrameReader started_reader() const;
+    void restart_reader(std::uint64_t at);
+    bool feed_chunk(FrameReader& reader, std::uint64_t& fed, std::uint64_t upto) const;
     void skip_rest(std::uint64_t upto, const std::string& why);
     void save_read_offset() noexcept;
     void open_or_take_up();
@@ -91,7 +98,8 @@ private:
     std::uint64_t read_off_ = 0, write_off_ = 0;
     std::uint64_t restored_frames_ = 0;
     std::vector<std::uint8_t> scratch_;  // producer: the frames of one append
-    std::vector<std::uint8_t> chunk_;    // consumer: one read
+    FrameReader reader_{max_frame};      // consumer: parses what was fed up to fed_off_
+    std::uint64_t fed_off_ = 0;
     log::RateLimit write_log_{std::chrono::seconds(10)};
 };
 

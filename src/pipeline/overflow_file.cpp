@@ -15,10 +15,6 @@
 namespace dnstap_collector {
 
 namespace {
-std::uint32_t read_be32(const std::uint8_t* p) noexcept {
-    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
-}
-
 [[noreturn]] void fail(const std::string& what, const std::filesystem::path& path) {
     throw std::system_error(errno, std::generic_category(), what + " " + path.string());
 }
@@ -64,6 +60,7 @@ void OverflowFile::open_or_take_up() {
             if (::ftruncate(fd_, static_cast<off_t>(end)) != 0) fail("cannot truncate overflow file", path_);
             write_off_ = end;
         }
+        restart_reader(saved);
         restored_frames_ = frames;
         if (frames) log::warning("overflow file " + path_.string() + " holds " + std::to_string(restored_frames_) +
                      " frames from an earlier run: processing them first");
@@ -85,23 +82,49 @@ void OverflowFile::save_read_offset() noexcept {
     }
 }
 
+bool OverflowFile::feed_chunk(FrameReader& reader, std::uint64_t& fed, std::uint64_t upto) const {
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(upto - fed, chunk_bytes));
+    const auto space = reader.prepare(want);
+    ssize_t got;
+    errno = 0;
+    do got = ::pread(fd_, space.data(), want, static_cast<off_t>(fed));
+    while (got < 0 && errno == EINTR);
+    if (got <= 0) return false;
+    reader.commit(static_cast<std::size_t>(got));
+    fed += static_cast<std::uint64_t>(got);
+    return true;
+}
+
+FrameReader OverflowFile::started_reader() const {
+    // The reader wants the START frame first; the file's own is skipped by starting past it.
+    FrameReader reader(max_frame);
+    reader.append(header_);
+    FrameEvent ev;
+    std::error_code ec;
+    reader.next(ev, ec);
+    return reader;
+}
+
 std::pair<std::uint64_t, std::uint64_t> OverflowFile::count_frames() const {
-    std::uint64_t frames = 0, off = read_off_;
-    std::uint8_t len[4];
-    while (off + 4 <= write_off_ && ::pread(fd_, len, 4, static_cast<off_t>(off)) == 4) {
-        const std::uint32_t n = read_be32(len);
-        if (n == 0 || off + 4 + n > write_off_) break;
-        off += 4 + n;
-        ++frames;
+    FrameReader reader = started_reader();
+    std::uint64_t fed = read_off_, frames = 0;
+    FrameEvent ev;
+    std::error_code ec;
+    while (fed < write_off_ && feed_chunk(reader, fed, write_off_)) {
+        FrameReader::Result r;
+        while ((r = reader.next(ev, ec)) == FrameReader::Result::event)
+            if (ev.kind == FrameEvent::Kind::data) ++frames;
+        if (r == FrameReader::Result::error) break;
     }
-    return {frames, off};
+    return {frames, fed - reader.pending_bytes()};
 }
 
 void OverflowFile::reset() {
     if (::ftruncate(fd_, 0) != 0) fail("cannot truncate overflow file", path_);
     if (::pwrite(fd_, header_.data(), header_.size(), 0) != static_cast<ssize_t>(header_.size()))
         fail("cannot write overflow file", path_);
-    read_off_ = write_off_ = header_.size();
+    write_off_ = header_.size();
+    restart_reader(header_.size());
     save_read_offset();
 }
 
@@ -137,56 +160,57 @@ std::size_t OverflowFile::append(const FrameBatch& batch, std::size_t first) {
 }
 
 std::size_t OverflowFile::read(FrameBatch& out, std::uint64_t upto, std::size_t max_bytes) {
-    // Whole chunks, parsed here: a pread per frame would cost two system calls per frame.
-    std::size_t n = 0;
-    while (read_off_ < upto && out.bytes.size() < max_bytes) {
-        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(upto - read_off_, chunk_bytes));
-        chunk_.resize(want);
-        const ssize_t got = ::pread(fd_, chunk_.data(), want, static_cast<off_t>(read_off_));
-        if (got < 4) {
-            if (got < 0 && errno == EINTR) continue;
-            skip_rest(upto, got < 0 ? std::strerror(errno) : "the file is shorter than expected");
-            break;
-        }
-        std::size_t at = 0;
-        while (at + 4 <= static_cast<std::size_t>(got) && out.bytes.size() < max_bytes) {
-            const std::uint32_t size = read_be32(chunk_.data() + at);
-            if (size == 0 || read_off_ + at + 4 + size > upto) {
-                // Whole frames only are appended (and a file taken up is cut after its last).
-                read_off_ += at;
-                skip_rest(upto, "a frame length runs past the end");
-                return n;
-            }
-            if (at + 4 + size > static_cast<std::size_t>(got)) {
-                if (at > 0) break;  // the frame starts the next chunk
-                // Larger than a chunk: read it on its own.
-                const std::size_t begin = out.bytes.size();
-                out.bytes.resize(begin + size);
-                if (::pread(fd_, out.bytes.data() + begin, size, static_cast<off_t>(read_off_ + 4)) !=
-                    static_cast<ssize_t>(size)) {
-                    out.bytes.resize(begin);
-                    skip_rest(upto, std::strerror(errno));
-                    return n;
-                }
-                out.ends.push_back(static_cast<std::uint32_t>(out.bytes.size()));
-                at = 4 + size;
-                ++n;
-                break;
-            }
-            out.add({chunk_.data() + at + 4, size});
-            at += 4 + size;
-            ++n;
-        }
-        read_off_ += at;
-    }
+    const std::size_t n = read_frames(out, upto, max_bytes);
     if (n) save_read_offset();
     return n;
+}
+
+void OverflowFile::restart_reader(std::uint64_t at) {
+    reader_ = started_reader();
+    fed_off_ = read_off_ = at;
+}
+
+std::size_t OverflowFile::read_frames(FrameBatch& out, std::uint64_t upto, std::size_t max_bytes) {
+    // Whole chunks through the Frame Streams reader (a pread per frame would cost two system
+    // calls per frame); read_off_ trails what was fed by what the reader holds unconsumed.
+    std::size_t n = 0;
+    FrameEvent ev;
+    std::error_code ec;
+    for (;;) {
+        while (out.bytes.size() < max_bytes) {
+            const auto r = reader_.next(ev, ec);
+            if (r == FrameReader::Result::need_more) break;
+            if (r == FrameReader::Result::error) {
+                skip_rest(upto, ec.message());
+                return n;
+            }
+            if (ev.kind == FrameEvent::Kind::data) {
+                out.add(ev.data);
+                ++n;
+            } else if (ev.kind == FrameEvent::Kind::oversized) {
+                log::warning("overflow file " + path_.string() + ": a frame length of " + std::to_string(ev.length) +
+                             " bytes (damage): skipped");
+            }
+        }
+        read_off_ = fed_off_ - reader_.pending_bytes();
+        if (out.bytes.size() >= max_bytes) return n;
+        if (fed_off_ >= upto) {
+            // Only whole frames are appended (and a file taken up is cut after its last):
+            // anything left over is damage.
+            if (read_off_ < upto) skip_rest(upto, "a frame length runs past the end");
+            return n;
+        }
+        if (!feed_chunk(reader_, fed_off_, upto)) {
+            skip_rest(upto, errno ? std::strerror(errno) : "the file is shorter than expected");
+            return n;
+        }
+    }
 }
 
 void OverflowFile::skip_rest(std::uint64_t upto, const std::string& why) {
     log::warning("overflow file " + path_.string() + ": " + why + "; " + std::to_string(upto - read_off_) +
                  " bytes skipped");
-    read_off_ = upto;
+    restart_reader(upto);
     save_read_offset();
 }
 
