@@ -19,6 +19,11 @@ inline void info(std::string_view m) { write(Level::info, m); }
 inline void warning(std::string_view m) { write(Level::warning, m); }
 inline void error(std::string_view m) { write(Level::error, m); }
 
+// Names the calling thread as top -H, ps -L and perf show it (at most 15 bytes are kept), so
+// an operator can tell ingest, workers and writers apart. Not for the main thread: its name
+// is the process name that pidof and pkill match.
+void name_thread(std::string_view name) noexcept;
+
 // At most one line per interval for a recurring event; tells how many were suppressed.
 class RateLimit {
 public:

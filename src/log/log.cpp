@@ -1,5 +1,7 @@
 #include "dnstap_collector/log.hpp"
 
+#include <pthread.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -21,6 +23,12 @@ const char* prefix(Level l) {
     return "";
 }
 }  // namespace
+
+void name_thread(std::string_view name) noexcept {
+    char buf[16] = {};
+    name.copy(buf, sizeof buf - 1);
+    pthread_setname_np(pthread_self(), buf);  // best effort: only ever cosmetic
+}
 
 void set_level(Level l) noexcept { current_level.store(l, std::memory_order_relaxed); }
 Level level() noexcept { return current_level.load(std::memory_order_relaxed); }

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -64,7 +65,11 @@ struct WorkerPool::Impl {
         const std::size_t bytes = std::max<std::size_t>(1, options.queue_bytes / n);
         for (unsigned i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(frames, bytes));
         if (!options.overflow_dir.empty()) open_overflow(n);
-        for (auto& w : workers) w->thread = std::thread([this, worker = w.get()] { run(*worker); });
+        for (unsigned i = 0; i < n; ++i)
+            workers[i]->thread = std::thread([this, i, worker = workers[i].get()] {
+                log::name_thread("worker-" + std::to_string(i));
+                run(*worker);
+            });
     }
 
     // One file per worker, so each keeps its frames in order. Files from a run with more

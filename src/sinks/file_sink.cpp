@@ -226,6 +226,7 @@ void FileSink::start() {
     impl_->open_next(std::time(nullptr));  // fail now, at startup, on a bad path
     impl_->running.store(true);
     impl_->thread = std::thread([impl = impl_.get()] {
+        log::name_thread("file-writer");
         try {
             impl->run();
         } catch (const std::exception& e) {

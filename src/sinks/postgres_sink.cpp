@@ -692,6 +692,7 @@ struct PostgresSink::Impl {
 
     // Writer thread: queued rows -> database (or spool), maintenance in between transactions.
     void run() {
+        log::name_thread("pg-writer");
         opt.storage.apply_to_this_thread("the PostgreSQL writer");
         for (;;) {
             bool finished = false;
