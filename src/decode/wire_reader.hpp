@@ -26,21 +26,11 @@ public:
     bool done() const noexcept { return p_ == end_; }
 
     // Base-128 varint of at most 10 bytes; bits past the 64th are dropped (as libprotobuf).
-    bool varint(std::uint64_t& v) noexcept {
-        v = 0;
-        for (unsigned shift = 0; shift < 64; shift += 7) {
-            if (p_ == end_) return false;
-            const std::uint8_t b = *p_++;
-            v |= static_cast<std::uint64_t>(b & 0x7F) << shift;
-            if (!(b & 0x80)) return true;
-        }
-        return false;  // more than 10 bytes
-    }
-
+    bool varint(std::uint64_t& v) noexcept { return read_varint<10>(v); }
     // route_hash's scan: one field, its number, wire type and (for length-delimited) its
     // payload. Fixed-size and varint values are skipped or returned in `value`. Groups are
     // treated as garbage (route_hash gives 0 for them).
-    bool field(std::uint32_t& number, std::uint64_t& value, Span& bytes) noexcept {
+    [[gnu::always_inline]] bool field(std::uint32_t& number, std::uint64_t& value, Span& bytes) noexcept {
         std::uint64_t key;
         if (!varint(key)) return false;
         number = static_cast<std::uint32_t>(key >> 3);
@@ -64,35 +54,20 @@ public:
 
     // A tag: a varint of at most 5 bytes, kept modulo 2^32 (ReadTag).
     bool tag(std::uint32_t& t) noexcept {
-        std::uint32_t v = 0;
-        for (unsigned shift = 0; shift < 35; shift += 7) {
-            if (p_ == end_) return false;
-            const std::uint8_t b = *p_++;
-            v |= static_cast<std::uint32_t>(b & 0x7F) << shift;
-            if (!(b & 0x80)) {
-                t = v;
-                return true;
-            }
-        }
-        return false;
+        std::uint64_t v;
+        if (!read_varint<5>(v)) return false;
+        t = static_cast<std::uint32_t>(v);
+        return true;
     }
-
     // The length of a length-delimited field: a varint of at most 5 bytes (ReadSize), which
     // must fit in what is left.
     bool length(Span& bytes) noexcept {
-        std::uint64_t v = 0;
-        for (unsigned shift = 0;; shift += 7) {
-            if (shift == 35 || p_ == end_) return false;
-            const std::uint8_t b = *p_++;
-            v |= static_cast<std::uint64_t>(b & 0x7F) << shift;
-            if (!(b & 0x80)) break;
-        }
-        if (v > static_cast<std::uint64_t>(end_ - p_)) return false;
+        std::uint64_t v;
+        if (!read_varint<5>(v) || v > static_cast<std::uint64_t>(end_ - p_)) return false;
         bytes = {p_, static_cast<std::size_t>(v)};
         p_ += v;
         return true;
     }
-
     bool fixed32(std::uint32_t& v) noexcept {
         if (end_ - p_ < 4) return false;
         v = std::uint32_t{p_[0]} | (std::uint32_t{p_[1]} << 8) | (std::uint32_t{p_[2]} << 16) |
@@ -133,6 +108,32 @@ public:
     }
 
 private:
+    // A varint of at most MaxBytes bytes, bits past the 64th dropped. Keys, enums and most
+    // lengths are one byte: that case returns at once; a longer one with MaxBytes left in the
+    // buffer needs no end check per byte. Every frame goes through here twice (route_hash at
+    // ingest, decode_dnstap in a worker), some 25 varints each.
+    template <unsigned MaxBytes>
+    bool read_varint(std::uint64_t& v) noexcept {
+        if (p_ == end_) return false;
+        if (*p_ < 0x80) {
+            v = *p_++;
+            return true;
+        }
+        const bool room = static_cast<std::size_t>(end_ - p_) >= MaxBytes;
+        std::uint64_t r = 0;
+        const std::uint8_t* p = p_;
+        for (unsigned i = 0; i < MaxBytes; ++i) {
+            if (!room && p == end_) return false;
+            const std::uint8_t b = *p++;
+            r |= static_cast<std::uint64_t>(b & 0x7F) << (7 * i);
+            if (!(b & 0x80)) {
+                p_ = p;
+                v = r;
+                return true;
+            }
+        }
+        return false;  // longer than MaxBytes
+    }
     bool skip(std::size_t n) noexcept {
         if (static_cast<std::size_t>(end_ - p_) < n) return false;
         p_ += n;
