@@ -185,7 +185,7 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { c.ingest.max_frame_size = parse_number<std::size_t>(v, "max frame size", 512, 1u << 30); }},
         {"handshake-timeout", 0, "listen.handshake_timeout", true, "seconds a sender has to start (default 10)",
          [](Config& c, const std::string& v) { c.ingest.handshake_timeout = std::chrono::seconds(parse_number<int>(v, "handshake timeout", 1, 3600)); }},
-        {"workers", 0, "pipeline.workers", true, "decode/pair workers (default: cores)",
+        {"workers", 0, "pipeline.workers", true, "decode/pair workers (default: CPUs - 1, at least 1)",
          [](Config& c, const std::string& v) { c.pipeline.workers = parse_number<unsigned>(v, "workers", 1, 256); }},
         {"queue-frames", 0, "pipeline.queue_frames", true, "frames waiting for workers before drops (default 131072)",
          [](Config& c, const std::string& v) { c.pipeline.queue_frames = parse_number<std::size_t>(v, "queue frames", 1, 1u << 28); }},

@@ -1,6 +1,7 @@
 #include "dnstap_collector/pipeline.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -26,6 +27,17 @@
 namespace dnstap_collector {
 
 namespace {
+
+// One worker per CPU this process may run on, less one: ingest, the database writer and
+// the DNS server next to us need a core too, and on a small host a second worker only adds
+// routing (a protobuf scan per frame at ingest) and contention. At least one.
+unsigned default_workers() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+    if (cpus <= 0) cpus = static_cast<int>(std::thread::hardware_concurrency());
+    return static_cast<unsigned>(std::max(1, cpus - 1));
+}
 constexpr std::size_t max_rows_per_handoff = 4096;
 constexpr std::chrono::milliseconds idle_wakeup{100};  // expiry runs at least this often
 
@@ -60,7 +72,7 @@ struct WorkerPool::Impl {
 
     Impl(PipelineOptions o, ExchangeSink& s, Metrics& m)
         : options(o), sink(s), metrics(m), privacy(options.privacy), filtering(options.privacy.active()) {
-        unsigned n = options.workers ? options.workers : std::max(1u, std::thread::hardware_concurrency());
+        unsigned n = options.workers ? options.workers : default_workers();
         const std::size_t frames = std::max<std::size_t>(1, options.queue_frames / n);
         const std::size_t bytes = std::max<std::size_t>(1, options.queue_bytes / n);
         for (unsigned i = 0; i < n; ++i) workers.push_back(std::make_unique<Worker>(frames, bytes));
