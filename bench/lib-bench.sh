@@ -120,6 +120,26 @@ peak_rss_mib() {
   awk '/^VmHWM:/ { printf "%.1f\n", $2 / 1024 }' "/proc/$1/status"
 }
 
+# cpu_by_thread PID: "ingest workers writer other" CPU seconds of the collector's threads,
+# told apart by their names (worker-N, pg-writer / file-writer; the main thread runs ingest
+# and the metrics endpoint).
+cpu_by_thread() {
+  local t name stat main_pid="$1"
+  for t in /proc/"$main_pid"/task/*; do
+    name="$(cat "$t/comm" 2>/dev/null)" || continue
+    stat="$(cat "$t/stat" 2>/dev/null)" || continue
+    stat="${stat##*) }"
+    # shellcheck disable=SC2086
+    set -- $stat
+    printf '%s %s %s\n' "${t##*/}" "$name" "$((${12} + ${13}))"
+  done | awk -v main="$main_pid" -v tck="$(clk_tck)" '
+    $1 == main { c["ingest"] += $3; next }
+    $2 ~ /^worker-/ { c["workers"] += $3; next }
+    $2 ~ /-writer$/ { c["writer"] += $3; next }
+    { c["other"] += $3 }
+    END { printf "%.2f %.2f %.2f %.2f\n", c["ingest"] / tck, c["workers"] / tck, c["writer"] / tck, c["other"] / tck }'
+}
+
 # ---------------------------------------------------------------------------------------
 # Zone and queries
 
