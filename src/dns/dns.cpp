@@ -604,6 +604,30 @@ void read_edns(const knot_rrset_t* opt, const knot_edns_options_t* options, DnsM
     }
 }
 
+// The OPT record whose fixed part (type, class, ttl, rdlength) starts at `h` wrapped in a
+// knot_rrset_t as knot_pkt_parse would build it, for the knot_edns_* accessors. Rewinds the
+// arena. False when out of memory.
+bool wrap_opt(Parser& ps, const std::uint8_t* h, knot_rrset_t& opt) {
+    const auto rdlength = rd16(h + 8);
+    ps.arena.reset();
+    auto* rdata = static_cast<knot_rdata_t*>(ps.arena.alloc(knot_rdata_size(rdlength)));
+    if (rdata == nullptr) return false;
+    knot_rdata_init(rdata, rdlength, h + rr_fixed_size);
+    static std::uint8_t root_name[1] = {0};  // knot_rrset_init wants it mutable; never written
+    knot_rrset_init(&opt, root_name, KNOT_RRTYPE_OPT, rd16(h + 2),
+                    (std::uint32_t{rd16(h + 4)} << 16) | rd16(h + 6));
+    opt.rrs.count = 1;
+    opt.rrs.size = static_cast<std::uint32_t>(knot_rdata_size(rdata->len));
+    opt.rrs.rdata = rdata;
+    return true;
+}
+
+// knot_pkt_parse refuses empty rdata in class IN for every type it knows, OPT included
+// (rrset-wire.c, allow_zero_rdata): an OPT advertising a UDP size of 1 without options.
+bool opt_rdata_refused(const std::uint8_t* h) noexcept {
+    return rd16(h + 8) == 0 && rd16(h + 2) == KNOT_CLASS_IN;
+}
+
 // Most queries are header + question + one OPT record. For those, building a knot_pkt_t is
 // most of the cost: wrap the OPT in a knot_rrset_t here and use the same knot_edns_* calls.
 // Returns false when the message is not of that shape (the caller then uses libknot).
@@ -614,19 +638,10 @@ bool parse_lone_opt(Parser& ps, const std::uint8_t* w, std::size_t len, std::siz
         return false;
     const std::uint8_t* h = w + pos + 1;
     const std::size_t rdlength = rd16(h + 8);
-    if (pos + 1 + rr_fixed_size + rdlength != len) return false;
+    if (pos + 1 + rr_fixed_size + rdlength != len || opt_rdata_refused(h)) return false;
 
-    ps.arena.reset();
-    auto* rdata = static_cast<knot_rdata_t*>(ps.arena.alloc(knot_rdata_size(static_cast<std::uint16_t>(rdlength))));
-    if (rdata == nullptr) return false;
-    knot_rdata_init(rdata, static_cast<std::uint16_t>(rdlength), h + rr_fixed_size);
-    std::uint8_t root_name[1] = {0};
     knot_rrset_t opt;
-    knot_rrset_init(&opt, root_name, KNOT_RRTYPE_OPT, rd16(h + 2),
-                    (std::uint32_t{rd16(h + 4)} << 16) | rd16(h + 6));
-    opt.rrs.count = 1;
-    opt.rrs.size = static_cast<std::uint32_t>(knot_rdata_size(rdata->len));
-    opt.rrs.rdata = rdata;
+    if (!wrap_opt(ps, h, opt)) return false;
     knot_edns_options_t* options = nullptr;
     if (knot_edns_get_options(&opt, &options, &ps.mm) != KNOT_EOK) {
         m.error = "bad_rr";  // what the libknot path reports for malformed options
@@ -653,9 +668,10 @@ void read_answers(Parser& ps, const knot_pkt_t* pkt, DnsMessage& m) {
     }
 }
 
-}  // namespace
-
-bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m) {
+// `direct`: try parse_lone_opt before libknot; `*took_direct` (when given) says whether it
+// produced the result.
+bool parse_message(std::span<const std::uint8_t> wire, DnsMessage& m, bool direct,
+                   bool* took_direct = nullptr) {
     reset(m);
     const std::uint8_t* w = wire.data();
     const std::size_t len = wire.size();
@@ -711,7 +727,11 @@ bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m) {
     }
 
     Parser& ps = parser();
-    if (parse_lone_opt(ps, w, len, pos, m)) return m.error.empty();
+    if (direct) {
+        if (took_direct != nullptr) *took_direct = true;
+        if (parse_lone_opt(ps, w, len, pos, m)) return m.error.empty();
+        if (took_direct != nullptr) *took_direct = false;
+    }
     ps.arena.reset();
     std::memcpy(ps.wire.get(), w, len);
     KnotPacket pkt(knot_pkt_new(ps.wire.get(), static_cast<std::uint16_t>(len), &ps.mm));
@@ -736,6 +756,21 @@ bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m) {
         return false;
     }
     return true;
+}
+
+}  // namespace
+
+bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m) {
+    return parse_message(wire, m, /*direct=*/true);
+}
+
+bool dns_detail::parse_dns_with_libknot(std::span<const std::uint8_t> wire, DnsMessage& m) {
+    return parse_message(wire, m, /*direct=*/false);
+}
+
+bool dns_detail::parse_dns(std::span<const std::uint8_t> wire, DnsMessage& m, bool& records_direct) {
+    records_direct = false;
+    return parse_message(wire, m, /*direct=*/true, &records_direct);
 }
 
 }  // namespace dnstap_collector

@@ -3,8 +3,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
+
+namespace dnstap_collector {
+struct DnsMessage;
+}
 
 namespace dnstap_collector::dns_detail {
 
@@ -32,5 +37,13 @@ void append_escaped_ascii(std::string& out, std::string_view s);
 // IPv4 for ::a.b.c.d and ::ffff:a.b.c.d), without its sprintf calls. `out` needs 46 bytes;
 // returns the length written (no terminator).
 std::size_t format_ipv6(const std::uint8_t* address, char* out) noexcept;
+
+// parse_dns without its hand-written paths for common messages: every record through
+// knot_pkt_parse. The reference those paths are tested against.
+bool parse_dns_with_libknot(std::span<const std::uint8_t> wire, DnsMessage& out);
+
+// parse_dns that also tells whether its records were read by a hand-written path (false when
+// there are none, or libknot read them): for tests of what those paths cover.
+bool parse_dns(std::span<const std::uint8_t> wire, DnsMessage& out, bool& records_direct);
 
 }  // namespace dnstap_collector::dns_detail
