@@ -251,7 +251,10 @@ private:
 TEST_CASE("parse_dns equals libknot alone on the messages of a real named", "[dns]") {
     const auto messages = seeds();
     REQUIRE(messages.size() > 50);
-    for (const auto& m : messages) check_same_as_libknot(m);
+    std::size_t direct = 0;
+    for (const auto& m : messages) direct += check_same_as_libknot(m) ? 1 : 0;
+    // Most of these are responses of an authoritative server and a resolver.
+    CHECK(direct > messages.size() / 3);
 
     Generator g(7);
     for (const auto& m : messages)
@@ -263,10 +266,32 @@ TEST_CASE("parse_dns equals libknot alone on the messages of a real named", "[dn
 
 TEST_CASE("parse_dns equals libknot alone on generated and mutated messages", "[dns]") {
     Generator g(20240611);
+    std::size_t direct = 0, total = 0, mutated_direct = 0;
     for (int i = 0; i < 40000; ++i) {
         const Bytes m = g.message();
-        check_same_as_libknot(m);
-        for (int k = 0; k < 4; ++k) check_same_as_libknot(g.mutate(m));
+        direct += check_same_as_libknot(m) ? 1 : 0;
+        ++total;
+        for (int k = 0; k < 4; ++k) mutated_direct += check_same_as_libknot(g.mutate(m)) ? 1 : 0;
+    }
+    // The generator must keep the hand-written path busy, or this compares libknot to itself.
+    CHECK(direct > total / 10);
+    CHECK(mutated_direct > total / 20);
+}
+
+TEST_CASE("rdata names are printed as libknot prints them, every octet", "[dns]") {
+    // A CNAME whose target has one label of each octet value (and upper-case letters), next to
+    // a TXT string of each octet value: both paths must print the same text.
+    for (unsigned c = 0; c < 256; ++c) {
+        Bytes m = {0x12, 0x34, 0x84, 0x00, 0, 1, 0, 2, 0, 0, 0, 0};
+        for (const char* l : {"\x03www", "\x07" "example", "\x04test"})
+            m.insert(m.end(), l, l + 1 + static_cast<unsigned char>(l[0]));
+        m.insert(m.end(), {0, 0, 5, 0, 1});
+        // CNAME: 3 labels "x<c>Y" + pointer to "example.test".
+        m.insert(m.end(), {0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 6, 3, 'x',
+                           static_cast<std::uint8_t>(c), 'Y', 0xC0, 16});
+        // TXT: one string "<c>".
+        m.insert(m.end(), {0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, 2, 1, static_cast<std::uint8_t>(c)});
+        CHECK(check_same_as_libknot(m));
     }
 }
 
