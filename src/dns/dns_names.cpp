@@ -1,6 +1,7 @@
 // Domain names to presentation format, and the mnemonics of types, classes, rcodes, opcodes.
 // Hand-written rather than knot_dname_to_str: we need the name as sent (case kept), no
-// trailing dot, and a guarantee of plain ASCII output, without allocating.
+// trailing dot, and a guarantee of plain ASCII output, without allocating. read_name can also
+// escape as knot_dname_to_str does, for the rdata names parse_dns prints without libknot.
 
 #include <array>
 #include <cstdio>
@@ -20,12 +21,61 @@ namespace {
 
 constexpr std::size_t max_name_wire = 255;  // RFC 1035 2.3.4, length octets included
 
+// What read_name writes for each octet of a label: `out` is the octet itself (a printable
+// character other than an escape; an upper-case letter maps to its lower-case form in the
+// lowercasing tables), `backslash` for a backslash before the octet, `ddd` for \DDD; `changed`
+// is non-zero where `out` is not simply the octet. Table lookups instead of a chain of
+// comparisons per octet, and labels without such octets (nearly all) copied whole: names are
+// a good part of all the text we make.
+constexpr char ddd = 0;
+constexpr char backslash = 1;
+
+struct EscapeTable {
+    std::array<char, 256> out{};
+    std::array<std::uint8_t, 256> changed{};
+};
+
 // Octets BIND also escapes with a backslash in presentation format; escaping the same set
-// keeps our text equal to dnstap-read's.
+// keeps our text equal to dnstap-read's. Outside 0x21..0x7E: \DDD.
 constexpr bool needs_backslash(std::uint8_t c) noexcept {
     return c == '.' || c == '\\' || c == '"' || c == '(' || c == ')' || c == ';' || c == '@' ||
            c == '$';
 }
+
+// knot_dname_to_str, which prints the names inside rdata: letters, digits and "-_*/" as
+// they are, other ASCII punctuation except '#' after a backslash, everything else \DDD.
+constexpr bool libknot_plain(std::uint8_t c) noexcept {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           c == '-' || c == '_' || c == '*' || c == '/';
+}
+constexpr bool ascii_punct(std::uint8_t c) noexcept {
+    return c > 0x20 && c < 0x7F && !(c >= '0' && c <= '9') && !(c >= 'a' && c <= 'z') &&
+           !(c >= 'A' && c <= 'Z');
+}
+
+constexpr EscapeTable make_table(NameStyle style, bool lowercase) {
+    EscapeTable t{};
+    for (unsigned i = 0; i < 256; ++i) {
+        const auto c = static_cast<std::uint8_t>(i);
+        char e = ddd;
+        if (style == NameStyle::presentation) {
+            if (c > 0x20 && c < 0x7F) e = needs_backslash(c) ? backslash : static_cast<char>(c);
+        } else if (libknot_plain(c)) {
+            e = static_cast<char>(c);
+        } else if (ascii_punct(c) && c != '#') {
+            e = backslash;
+        }
+        if (lowercase && c >= 'A' && c <= 'Z') e = static_cast<char>(c + ('a' - 'A'));
+        t.out[i] = e;
+        t.changed[i] = e == ddd || e == backslash || e != static_cast<char>(c);
+    }
+    return t;
+}
+
+constexpr EscapeTable presentation_kept = make_table(NameStyle::presentation, false);
+constexpr EscapeTable presentation_lower = make_table(NameStyle::presentation, true);
+constexpr EscapeTable libknot_kept = make_table(NameStyle::libknot, false);
+constexpr EscapeTable libknot_lower = make_table(NameStyle::libknot, true);
 
 // Appends "\DDD" to p and returns the new end.
 inline char* put_ddd(char* p, std::uint8_t c) noexcept {
@@ -36,24 +86,13 @@ inline char* put_ddd(char* p, std::uint8_t c) noexcept {
     return p + 4;
 }
 
-}  // namespace
-
-std::string_view to_string(NameError e) noexcept {
-    switch (e) {
-    case NameError::none: return "";
-    case NameError::truncated: return "truncated";
-    case NameError::bad_compression: return "bad_compression";
-    case NameError::name_too_long: return "name_too_long";
-    case NameError::bad_label: return "bad_name";
-    }
-    return "bad_name";
-}
-
-NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, std::string& out,
-                     bool lowercase, bool allow_pointers) {
+// The walk shared by read_name and skip_name: same checks, text only when `Write`.
+template <bool Write>
+NameResult walk_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, std::string* out,
+                     const EscapeTable* table, bool allow_pointers) {
     NameResult result;
-    // Worst case: 255 octets of name, each as \DDD.
-    std::array<char, max_name_wire * 4 + 8> buf;
+    // Worst case: 255 octets of name, each as \DDD; 8 more for the word copies of labels.
+    std::array<char, max_name_wire * 4 + 16> buf;
     char* p = buf.data();
     std::size_t wire_len = 0;  // uncompressed length so far, length octets included
     bool jumped = false;
@@ -61,7 +100,7 @@ NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, 
     std::size_t run_start = pos;
 
     auto finish = [&](NameError e) {
-        out.append(buf.data(), static_cast<std::size_t>(p - buf.data()));
+        if constexpr (Write) out->append(buf.data(), static_cast<std::size_t>(p - buf.data()));
         result.error = e;
         if (!jumped && e != NameError::none) result.next = pos;
         return result;
@@ -71,8 +110,10 @@ NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, 
         if (pos >= len) return finish(NameError::truncated);
         const std::uint8_t l = msg[pos];
         if (l == 0) {
-            if (first) *p++ = '.';  // the root
+            if constexpr (Write)
+                if (first) *p++ = '.';  // the root
             if (!jumped) result.next = pos + 1;
+            result.length = wire_len + 1;
             return finish(NameError::none);
         }
         switch (l & 0xC0) {
@@ -96,23 +137,64 @@ NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, 
         wire_len += 1 + l;
         if (wire_len + 1 > max_name_wire) return finish(NameError::name_too_long);
         if (pos + 1 + l > len) return finish(NameError::truncated);
-        if (!first) *p++ = '.';
-        first = false;
-        for (const std::uint8_t* c = msg + pos + 1, *e = c + l; c != e; ++c) {
-            std::uint8_t ch = *c;
-            if (ch > 0x20 && ch < 0x7F) {
-                if (needs_backslash(ch)) {
-                    *p++ = '\\';
-                } else if (lowercase && ch >= 'A' && ch <= 'Z') {
-                    ch = static_cast<std::uint8_t>(ch + ('a' - 'A'));
+        if constexpr (Write) {
+            if (!first) *p++ = '.';
+            const EscapeTable& t = *table;
+            const std::uint8_t* const c = msg + pos + 1;
+            std::uint8_t changed = 0;
+            for (std::size_t i = 0; i < l; ++i) changed |= t.changed[c[i]];
+            if (changed == 0) {
+                // The usual label, copied as it is: in 8-octet words when the bytes after it
+                // can be read too (the excess lands in buf past p, overwritten or dropped).
+                if (len - (pos + 1) >= (l + 7u) / 8 * 8) {
+                    for (std::size_t i = 0; i < l; i += 8) std::memcpy(p + i, c + i, 8);
+                } else {
+                    std::memcpy(p, c, l);
                 }
-                *p++ = static_cast<char>(ch);
+                p += l;
             } else {
-                p = put_ddd(p, ch);
+                for (std::size_t i = 0; i < l; ++i) {
+                    const char o = t.out[c[i]];
+                    if (o > backslash) {
+                        *p++ = o;
+                    } else if (o == backslash) {
+                        p[0] = '\\';
+                        p[1] = static_cast<char>(c[i]);
+                        p += 2;
+                    } else {
+                        p = put_ddd(p, c[i]);
+                    }
+                }
             }
         }
+        first = false;
         pos += 1 + l;
     }
+}
+
+}  // namespace
+
+std::string_view to_string(NameError e) noexcept {
+    switch (e) {
+    case NameError::none: return "";
+    case NameError::truncated: return "truncated";
+    case NameError::bad_compression: return "bad_compression";
+    case NameError::name_too_long: return "name_too_long";
+    case NameError::bad_label: return "bad_name";
+    }
+    return "bad_name";
+}
+
+NameResult read_name(const std::uint8_t* msg, std::size_t len, std::size_t pos, std::string& out,
+                     bool lowercase, bool allow_pointers, NameStyle style) {
+    const EscapeTable* table = style == NameStyle::presentation
+                                   ? (lowercase ? &presentation_lower : &presentation_kept)
+                                   : (lowercase ? &libknot_lower : &libknot_kept);
+    return walk_name<true>(msg, len, pos, &out, table, allow_pointers);
+}
+
+NameResult skip_name(const std::uint8_t* msg, std::size_t len, std::size_t pos) {
+    return walk_name<false>(msg, len, pos, nullptr, nullptr, true);
 }
 
 void append_escaped_ascii(std::string& out, std::string_view s) {

@@ -10,6 +10,9 @@
 //     lowercase, the error is empty exactly when parse_dns returned true;
 //   * header fields match the wire; answers.size() is bounded by the message size;
 //   * parsing the same bytes twice gives the same result (per-thread arena/parser reuse);
+//   * parse_dns equals dns_detail::parse_dns_with_libknot (every record through libknot),
+//     every field and the error: the hand-written paths for common messages must only ever
+//     give what libknot gives;
 //   * name_to_text on the input as a stand-alone name: printable, lowercase when asked,
 //     and it reads back (presentation -> wire) to exactly the input, case-folded;
 //   * the mnemonics and format_json/format_text over a message holding the result are
@@ -24,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "dns/dns_internal.hpp"
 #include "dnstap_collector/decode.hpp"
 #include "dnstap_collector/dns.hpp"
 #include "fuzz_common.hpp"
@@ -183,6 +187,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     again.answers.emplace_back();
     again.qname = "left.over";
     if (parse_dns(wire, again) != ok || !same(m, again)) fuzz::fail("parse_dns is not deterministic", m.error);
+
+    // The hand-written record paths against libknot alone.
+    DnsMessage reference;
+    if (dns_detail::parse_dns_with_libknot(wire, reference) != ok || !same(m, reference))
+        fuzz::fail("parse_dns differs from parse_dns_with_libknot", m.error + " / " + reference.error);
 
     check_name_to_text(wire);
 
