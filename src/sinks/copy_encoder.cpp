@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <charconv>
 #include <chrono>
 #include <cstring>
 #include <unordered_map>
 
+#include "decode/swar.hpp"
 #include "dnstap_collector/dns.hpp"
 
 namespace dnstap_collector::copy {
@@ -26,8 +28,10 @@ std::string_view trailer() noexcept {
 
 namespace {
 
-// Big-endian stores into a local buffer: each fixed-size field (length + value) is then one
-// append to the output, not one per part.
+inline void store16(char* p, std::uint16_t v) noexcept {
+    p[0] = static_cast<char>(v >> 8);
+    p[1] = static_cast<char>(v & 0xff);
+}
 inline void store32(char* p, std::uint32_t v) noexcept {
     p[0] = static_cast<char>(v >> 24);
     p[1] = static_cast<char>((v >> 16) & 0xff);
@@ -39,55 +43,84 @@ inline void store64(char* p, std::uint64_t v) noexcept {
     store32(p + 4, static_cast<std::uint32_t>(v & 0xffffffffu));
 }
 
+// memcpy, with the short copies of names and mnemonics done inline (two overlapping word
+// copies) rather than by a call.
+inline void copy_bytes(char* to, const char* from, std::size_t n) noexcept {
+    if (n >= 8 && n <= 16) {
+        swar::store(to, swar::load(from));
+        swar::store(to + n - 8, swar::load(from + n - 8));
+    } else if (n < 8) {
+        for (std::size_t i = 0; i < n; ++i) to[i] = from[i];
+    } else {
+        std::memcpy(to, from, n);
+    }
+}
+
+// Length + bytes.
+inline char* put_text(char* p, std::string_view s) noexcept {
+    store32(p, static_cast<std::uint32_t>(s.size()));
+    copy_bytes(p + 4, s.data(), s.size());
+    return p + 4 + s.size();
+}
+
+// The whole of s is printable ASCII (and, with no_backslash, holds no '\\').
+bool printable_ascii(std::string_view s, bool no_backslash) noexcept {
+    if (no_backslash)
+        return !swar::scan(s.data(), s.size(), [](std::uint64_t x) { return swar::unprintable(x) | swar::equal(x, '\\'); });
+    return !swar::scan(s.data(), s.size(), swar::unprintable);
+}
+
 }  // namespace
 
-void RowWriter::be16(std::uint16_t v) {
-    const char b[2] = {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
-    out_.append(b, 2);
-}
-void RowWriter::be32(std::uint32_t v) {
-    char b[4];
-    store32(b, v);
-    out_.append(b, 4);
-}
-void RowWriter::be64(std::uint64_t v) {
-    char b[8];
-    store64(b, v);
-    out_.append(b, 8);
-}
-
-std::size_t RowWriter::open_field() {
-    std::size_t at = out_.size();
-    be32(0);
-    return at;
-}
-void RowWriter::close_field(std::size_t at) {
-    store32(out_.data() + at, static_cast<std::uint32_t>(out_.size() - at - 4));
+void RowWriter::grow(std::size_t n) {
+    const std::size_t used = size();
+    std::size_t want = used + n;
+    if (ahead_) {
+        // Room for the next rows too; up to the capacity reserved when the row fits in it,
+        // so a string reserved for a batch keeps its size (and its allocation).
+        // Steps under glibc's threshold for `rep stosb`: zero-filled with vector stores.
+        const std::size_t step = std::max(want, used + 1024);
+        want = out_.capacity() >= want ? std::min(step, out_.capacity()) : step;
+    }
+    out_.resize(want);
+    p_ = out_.data() + used;
+    end_ = out_.data() + out_.size();
 }
 
-void RowWriter::begin_row(std::int16_t fields) { be16(static_cast<std::uint16_t>(fields)); }
-void RowWriter::null() { be32(0xffffffffu); }
-void RowWriter::text(std::string_view s) {
-    be32(static_cast<std::uint32_t>(s.size()));
-    out_.append(s);
+void RowWriter::flush() noexcept {
+    if (!p_) return;
+    out_.resize(static_cast<std::size_t>(p_ - out_.data()));
+    p_ = end_ = nullptr;
 }
+
+void RowWriter::begin_row(std::int16_t fields) {
+    char* p = room(2);
+    store16(p, static_cast<std::uint16_t>(fields));
+    wrote(p + 2);
+}
+void RowWriter::null() {
+    char* p = room(4);
+    store32(p, 0xffffffffu);
+    wrote(p + 4);
+}
+void RowWriter::text(std::string_view s) { wrote(put_text(room(4 + s.size()), s)); }
 void RowWriter::int4(std::int32_t v) {
-    char b[8];
-    store32(b, 4);
-    store32(b + 4, static_cast<std::uint32_t>(v));
-    out_.append(b, sizeof b);
+    char* p = room(8);
+    store32(p, 4);
+    store32(p + 4, static_cast<std::uint32_t>(v));
+    wrote(p + 8);
 }
 void RowWriter::int8(std::int64_t v) {
-    char b[12];
-    store32(b, 8);
-    store64(b + 4, static_cast<std::uint64_t>(v));
-    out_.append(b, sizeof b);
+    char* p = room(12);
+    store32(p, 8);
+    store64(p + 4, static_cast<std::uint64_t>(v));
+    wrote(p + 12);
 }
 void RowWriter::boolean(bool v) {
-    char b[5];
-    store32(b, 1);
-    b[4] = v ? 1 : 0;
-    out_.append(b, sizeof b);
+    char* p = room(5);
+    store32(p, 1);
+    p[4] = v ? 1 : 0;
+    wrote(p + 5);
 }
 void RowWriter::timestamptz_unix_us(std::int64_t unix_us) { int8(unix_us - pg_epoch_unix_us); }
 
@@ -95,22 +128,51 @@ void RowWriter::inet(const IpAddress& a) {
     if (a.length != 4 && a.length != 16) return null();
     // PostgreSQL's own family numbers (PGSQL_AF_INET = AF_INET + 0 = 2, PGSQL_AF_INET6 =
     // AF_INET + 1 = 3), not the platform's AF_INET6.
-    char b[8 + 16];
-    store32(b, 4u + a.length);
-    b[4] = a.length == 4 ? 2 : 3;
-    b[5] = static_cast<char>(a.length == 4 ? 32 : 128);  // bits
-    b[6] = 0;                                             // is_cidr
-    b[7] = static_cast<char>(a.length);
-    std::memcpy(b + 8, a.bytes.data(), a.length);
-    out_.append(b, 8u + a.length);
+    char* p = room(8 + 16);
+    store32(p, 4u + a.length);
+    p[4] = a.length == 4 ? 2 : 3;
+    p[5] = static_cast<char>(a.length == 4 ? 32 : 128);  // bits
+    p[6] = 0;                                             // is_cidr
+    p[7] = static_cast<char>(a.length);
+    std::memcpy(p + 8, a.bytes.data(), a.length);
+    wrote(p + 8 + a.length);
 }
 
+namespace {
+
+// Dotted-quad IPv4 exactly as inet_pton(AF_INET) takes it (four decimal parts of at most
+// 255, no leading zeros, nothing else), without the copy and call: the rdata of nearly every
+// A record. False for anything else, which then goes to inet_pton.
+bool parse_ipv4(std::string_view s, std::uint8_t* out) noexcept {
+    std::size_t i = 0;
+    for (int part = 0; part < 4; ++part) {
+        if (part > 0) {
+            if (i >= s.size() || s[i] != '.') return false;
+            ++i;
+        }
+        const std::size_t start = i;
+        unsigned v = 0;
+        while (i < s.size() && i - start < 3 && s[i] >= '0' && s[i] <= '9') v = v * 10 + static_cast<unsigned>(s[i++] - '0');
+        const std::size_t digits = i - start;
+        if (digits == 0 || v > 255 || (digits > 1 && s[start] == '0')) return false;
+        out[part] = static_cast<std::uint8_t>(v);
+    }
+    return i == s.size();
+}
+
+}  // namespace
+
 bool RowWriter::inet_text(std::string_view address) {
+    IpAddress a;
+    if (parse_ipv4(address, a.bytes.data())) {
+        a.length = 4;
+        inet(a);
+        return true;
+    }
     if (address.size() >= INET6_ADDRSTRLEN) return false;
     char buf[INET6_ADDRSTRLEN];
     std::memcpy(buf, address.data(), address.size());
     buf[address.size()] = '\0';
-    IpAddress a;
     if (inet_pton(AF_INET, buf, a.bytes.data()) == 1) a.length = 4;
     else if (inet_pton(AF_INET6, buf, a.bytes.data()) == 1) a.length = 16;
     else return false;
@@ -119,9 +181,11 @@ bool RowWriter::inet_text(std::string_view address) {
 }
 
 void RowWriter::jsonb(std::string_view json) {
-    be32(static_cast<std::uint32_t>(json.size() + 1));
-    out_.push_back(1);  // jsonb binary format version
-    out_.append(json);
+    char* p = room(5 + json.size());
+    store32(p, static_cast<std::uint32_t>(json.size() + 1));
+    p[4] = 1;  // jsonb binary format version
+    copy_bytes(p + 5, json.data(), json.size());
+    wrote(p + 5 + json.size());
 }
 
 namespace {
@@ -181,19 +245,45 @@ std::string sanitize_text(std::string_view raw, bool escape_backslash) {
 
 namespace {
 
-bool printable_ascii(std::string_view s, bool no_backslash) noexcept {
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        if (c < 0x20 || c >= 0x7f || (no_backslash && c == '\\')) return false;
-    }
+// Copies s to `to` (room for s.size() bytes) when it is printable ASCII (with no_backslash,
+// without '\\'); says whether it was.
+bool copy_printable(char* to, std::string_view s, bool no_backslash) noexcept {
+    if (!printable_ascii(s, no_backslash)) return false;
+    copy_bytes(to, s.data(), s.size());
     return true;
+}
+
+// The same with ASCII letters lowercased on the way.
+bool copy_printable_lower(char* to, std::string_view s) noexcept {
+    const char* d = s.data();
+    const std::size_t n = s.size();
+    if (n < 8) {
+        bool ok = true;
+        for (std::size_t i = 0; i < n; ++i) {
+            auto c = static_cast<unsigned char>(d[i]);
+            ok &= c >= 0x20 && c < 0x7f;
+            to[i] = static_cast<char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+        }
+        return ok;
+    }
+    std::uint64_t bad = 0;
+    auto word = [&](std::size_t i) {
+        const std::uint64_t x = swar::load(d + i);
+        bad |= swar::unprintable(x);
+        swar::store(to + i, swar::lower(x));  // exact when the word is ASCII, else unused
+    };
+    for (std::size_t i = 0; i + 8 <= n; i += 8) word(i);
+    if (n % 8) word(n - 8);
+    return bad == 0;
 }
 
 }  // namespace
 
 void RowWriter::clean_text(std::string_view raw, bool escape_backslash) {
-    if (printable_ascii(raw, escape_backslash)) text(raw);
-    else text(sanitize_text(raw, escape_backslash));
+    char* p = room(4 + raw.size());
+    if (!copy_printable(p + 4, raw, escape_backslash)) return text(sanitize_text(raw, escape_backslash));
+    store32(p, static_cast<std::uint32_t>(raw.size()));
+    wrote(p + 4 + raw.size());
 }
 
 namespace {
@@ -217,15 +307,12 @@ std::string stored_name(std::string_view presentation) {
 // The same, written as a text field without temporary strings when the name is printable
 // ASCII (nearly always).
 void write_name(RowWriter& w, std::string_view presentation) {
-    if (!printable_ascii(presentation, false)) return w.text(stored_name(presentation));
+    // The final dot is printable: checking the rest is checking the whole.
     std::string_view n = presentation.substr(0, without_final_dot(presentation));
-    std::size_t at = w.open_field();
-    std::string& out = w.buffer();
-    std::size_t base = out.size();
-    out.append(n);
-    for (std::size_t i = base; i < out.size(); ++i)
-        if (out[i] >= 'A' && out[i] <= 'Z') out[i] = static_cast<char>(out[i] + ('a' - 'A'));
-    w.close_field(at);
+    char* p = w.room(4 + n.size());
+    if (!copy_printable_lower(p + 4, n)) return w.text(stored_name(presentation));
+    store32(p, static_cast<std::uint32_t>(n.size()));
+    w.wrote(p + 4 + n.size());
 }
 
 // Mnemonics of the common values, computed once (type_to_text formats through libknot).
@@ -323,37 +410,80 @@ void opt_text(RowWriter& w, std::string_view s) {
     else w.clean_text(s, false);
 }
 
-// The answers as jsonb, built in place: [{"name","type","ttl","rdata"}, ...].
+// s is printable ASCII without '"' and '\\' (and, with no_upper, without 'A'..'Z'): its own
+// JSON string content, and its own stored form.
+bool plain_json_text(std::string_view s, bool no_upper) noexcept {
+    auto plain = [](std::uint64_t x) { return swar::unprintable(x) | swar::equal(x, '"') | swar::equal(x, '\\'); };
+    if (no_upper) return !swar::scan(s.data(), s.size(), [&](std::uint64_t x) { return plain(x) | swar::upper_flags(x); });
+    return !swar::scan(s.data(), s.size(), plain);
+}
+
+inline char* put_literal(char* p, std::string_view s) noexcept {
+    std::memcpy(p, s.data(), s.size());
+    return p + s.size();
+}
+
+// A JSON string of s, which plain_json_text said needs no escape.
+inline char* put_quoted(char* p, std::string_view s) noexcept {
+    *p++ = '"';
+    copy_bytes(p, s.data(), s.size());
+    p += s.size();
+    *p++ = '"';
+    return p;
+}
+
+// Room a JSON string of s takes at most.
+constexpr std::size_t json_room(std::size_t size, bool plain) noexcept { return (plain ? size : 6 * size) + 2; }
+
+// The answers as jsonb, built in place: [{"name","type","ttl","rdata"}, ...]. Names from the
+// DNS parser are stored names already (lowercase, no final dot) and rdata is nearly always
+// printable without quotes: both are then copied as they are, and only other strings go
+// through stored_name, sanitize_text and escaping.
 void answers_jsonb(RowWriter& w, const DnsMessage& m) {
-    std::size_t at = w.open_field();
-    std::string& j = w.buffer();
-    j += '\1';  // jsonb binary format version
-    j += '[';
+    const std::size_t field = w.size();
+    char* p = w.room(6);
+    p += 4;
+    *p++ = '\1';  // jsonb binary format version
+    *p++ = '[';
+    w.wrote(p);
+    std::string name_store, rdata_store;  // only for names and rdata that are not plain
     bool first = true;
     for (const auto& rr : m.answers) {
-        if (!first) j += ',';
+        std::string_view name = rr.name;
+        const bool name_plain = plain_json_text(name, true) && !(name.size() > 1 && name.back() == '.');
+        if (!name_plain && !(printable_ascii(name, false) && without_final_dot(name) == name.size() &&
+                             std::none_of(name.begin(), name.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))) {
+            name_store = stored_name(name);
+            name = name_store;
+        }
+        const std::string& type = type_text(rr.type);
+        const bool type_plain = plain_json_text(type, false);
+        std::string_view rdata = rr.rdata;
+        const bool rdata_plain = plain_json_text(rdata, false);
+        if (!rdata_plain && !printable_ascii(rdata, false)) {
+            rdata_store = sanitize_text(rdata, false);
+            rdata = rdata_store;
+        }
+        // ",{\"name\":" ",\"type\":" ",\"ttl\":" 10 digits ",\"rdata\":" "}": 45 bytes.
+        p = w.room(48 + json_room(name.size(), name_plain) + json_room(type.size(), type_plain) +
+                   json_room(rdata.size(), rdata_plain));
+        if (!first) *p++ = ',';
         first = false;
-        j += "{\"name\":";
-        std::size_t plain = without_final_dot(rr.name);
-        if (printable_ascii(rr.name, false) && plain == rr.name.size() &&
-            std::none_of(rr.name.begin(), rr.name.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))
-            append_json_string(j, rr.name);
-        else
-            append_json_string(j, stored_name(rr.name));
-        j += ",\"type\":";
-        append_json_string(j, type_text(rr.type));
-        char ttl[16];
-        auto [end, ec] = std::to_chars(ttl, ttl + sizeof ttl, rr.ttl);
-        (void)ec;
-        j += ",\"ttl\":";
-        j.append(ttl, end);
-        j += ",\"rdata\":";
-        if (printable_ascii(rr.rdata, false)) append_json_string(j, rr.rdata);
-        else append_json_string(j, sanitize_text(rr.rdata, false));
-        j += '}';
+        p = put_literal(p, "{\"name\":");
+        p = name_plain ? put_quoted(p, name) : write_json_string(p, name);
+        p = put_literal(p, ",\"type\":");
+        p = type_plain ? put_quoted(p, type) : write_json_string(p, type);
+        p = put_literal(p, ",\"ttl\":");
+        p = std::to_chars(p, p + 10, rr.ttl).ptr;
+        p = put_literal(p, ",\"rdata\":");
+        p = rdata_plain ? put_quoted(p, rdata) : write_json_string(p, rdata);
+        *p++ = '}';
+        w.wrote(p);
     }
-    j += ']';
-    w.close_field(at);
+    p = w.room(1);
+    *p++ = ']';
+    w.wrote(p);
+    store32(w.at(field), static_cast<std::uint32_t>(w.size() - field - 4));
 }
 
 const Policy* policy_of(const RowSource& s) {
@@ -385,11 +515,15 @@ const DnstapMessage* zone_source(const RowSource& s) {
     return nullptr;
 }
 
-std::string error_text(const RowSource& s) {
-    std::string qe = s.q ? s.q->error : std::string();
-    std::string re = s.r ? s.r->error : std::string();
-    if (!qe.empty() && !re.empty()) return "query: " + qe + "; response: " + re;
-    return qe.empty() ? re : qe;
+void error_text(const RowSource& s, RowWriter& w) {
+    std::string_view qe = s.q ? std::string_view(s.q->error) : std::string_view();
+    std::string_view re = s.r ? std::string_view(s.r->error) : std::string_view();
+    if (!qe.empty() && !re.empty()) {
+        std::string both = "query: ";
+        both.append(qe).append("; response: ").append(re);
+        return opt_text(w, both);
+    }
+    opt_text(w, qe.empty() ? re : qe);
 }
 
 using W = RowWriter;
@@ -404,15 +538,16 @@ const std::array<Column, 35> columns = {{
     {"identity", [](const S& s, W& w) {
          if (s.any.identity.empty()) w.null(); else w.clean_text(s.any.identity, true);
      }},
-    {"kind", [](const S& s, W& w) { opt_text(w, kind_of(s.any.type)); }},
+    // kind_of, short_name and to_string give fixed printable words: text as they are.
+    {"kind", [](const S& s, W& w) { w.text(kind_of(s.any.type)); }},
     {"query_type", [](const S& s, W& w) {
-         if (s.e.query) opt_text(w, short_name(s.e.query->type)); else w.null();
+         if (s.e.query) w.text(short_name(s.e.query->type)); else w.null();
      }},
     {"response_type", [](const S& s, W& w) {
-         if (s.e.response) opt_text(w, short_name(s.e.response->type)); else w.null();
+         if (s.e.response) w.text(short_name(s.e.response->type)); else w.null();
      }},
     {"transport", [](const S& s, W& w) {
-         if (s.any.protocol == SocketProtocol::unknown) w.null(); else opt_text(w, to_string(s.any.protocol));
+         if (s.any.protocol == SocketProtocol::unknown) w.null(); else w.text(to_string(s.any.protocol));
      }},
     {"query_address", [](const S& s, W& w) { w.inet(s.any.query_address); }},
     {"query_port", [](const S& s, W& w) {
@@ -464,7 +599,7 @@ const std::array<Column, 35> columns = {{
          const Policy* p = policy_of(s);
          if (p) w.jsonb(policy_json(*p)); else w.null();
      }},
-    {"error", [](const S& s, W& w) { opt_text(w, error_text(s)); }},
+    {"error", [](const S& s, W& w) { error_text(s, w); }},
 }};
 
 }  // namespace
@@ -480,15 +615,24 @@ std::string exchange_copy_statement() {
     return sql + ") FROM STDIN (FORMAT binary)";
 }
 
-void append_exchange(const Exchange& e, EncodedBatch& out) {
+namespace {
+
+// One row through a writer of out.rows that may run ahead.
+void append_row(const Exchange& e, EncodedBatch& out, RowWriter& w) {
     if (!e.query && !e.response) return;
     RowSource s = make_source(e);
-    RowWriter w(out.rows);
     w.begin_row(static_cast<std::int16_t>(columns.size()));
     for (const auto& c : columns) c.encode(s, w);
-    out.row_end.push_back(static_cast<std::uint32_t>(out.rows.size()));
+    out.row_end.push_back(static_cast<std::uint32_t>(w.size()));
     out.messages.push_back(static_cast<std::uint8_t>(e.message_count()));
     out.times_us.push_back(s.time_us);
+}
+
+}  // namespace
+
+void append_exchange(const Exchange& e, EncodedBatch& out) {
+    RowWriter w(out.rows, true);
+    append_row(e, out, w);
 }
 
 namespace {
@@ -827,8 +971,9 @@ void encode_into(EncodedBatch& out, std::span<const Exchange> exchanges, bool wi
     out.messages.reserve(n);
     out.times_us.reserve(n);
     if (with_pdns) out.pdns_map.reserve(n);
+    RowWriter w(out.rows, true);
     for (const auto& e : exchanges) {
-        append_exchange(e, out);
+        append_row(e, out, w);
         if (with_pdns) out.pdns_map.add(e);
     }
 }
