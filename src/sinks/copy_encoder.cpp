@@ -28,30 +28,27 @@ std::string_view trailer() noexcept {
 
 namespace {
 
-inline void store16(char* p, std::uint16_t v) noexcept {
-    p[0] = static_cast<char>(v >> 8);
-    p[1] = static_cast<char>(v & 0xff);
-}
-inline void store32(char* p, std::uint32_t v) noexcept {
-    p[0] = static_cast<char>(v >> 24);
-    p[1] = static_cast<char>((v >> 16) & 0xff);
-    p[2] = static_cast<char>((v >> 8) & 0xff);
-    p[3] = static_cast<char>(v & 0xff);
-}
-inline void store64(char* p, std::uint64_t v) noexcept {
-    store32(p, static_cast<std::uint32_t>(v >> 32));
-    store32(p + 4, static_cast<std::uint32_t>(v & 0xffffffffu));
-}
+inline void store32(char* p, std::uint32_t v) noexcept { RowWriter::store_be(p, v); }
 
 // memcpy, with the short copies of names and mnemonics done inline (two overlapping word
 // copies) rather than by a call.
 inline void copy_bytes(char* to, const char* from, std::size_t n) noexcept {
     if (n >= 8 && n <= 16) {
-        swar::store(to, swar::load(from));
-        swar::store(to + n - 8, swar::load(from + n - 8));
-    } else if (n < 8) {
-        for (std::size_t i = 0; i < n; ++i) to[i] = from[i];
-    } else {
+        const std::uint64_t head = swar::load(from), tail = swar::load(from + n - 8);
+        swar::store(to, head);
+        swar::store(to + n - 8, tail);
+    } else if (n >= 4 && n < 8) {
+        std::uint32_t head, tail;
+        std::memcpy(&head, from, 4);
+        std::memcpy(&tail, from + n - 4, 4);
+        std::memcpy(to, &head, 4);
+        std::memcpy(to + n - 4, &tail, 4);
+    } else if (n > 0 && n < 4) {
+        const char first = from[0], middle = from[n / 2], last = from[n - 1];
+        to[0] = first;
+        to[n / 2] = middle;
+        to[n - 1] = last;
+    } else if (n > 16) {
         std::memcpy(to, from, n);
     }
 }
@@ -93,36 +90,7 @@ void RowWriter::flush() noexcept {
     p_ = end_ = nullptr;
 }
 
-void RowWriter::begin_row(std::int16_t fields) {
-    char* p = room(2);
-    store16(p, static_cast<std::uint16_t>(fields));
-    wrote(p + 2);
-}
-void RowWriter::null() {
-    char* p = room(4);
-    store32(p, 0xffffffffu);
-    wrote(p + 4);
-}
 void RowWriter::text(std::string_view s) { wrote(put_text(room(4 + s.size()), s)); }
-void RowWriter::int4(std::int32_t v) {
-    char* p = room(8);
-    store32(p, 4);
-    store32(p + 4, static_cast<std::uint32_t>(v));
-    wrote(p + 8);
-}
-void RowWriter::int8(std::int64_t v) {
-    char* p = room(12);
-    store32(p, 8);
-    store64(p + 4, static_cast<std::uint64_t>(v));
-    wrote(p + 12);
-}
-void RowWriter::boolean(bool v) {
-    char* p = room(5);
-    store32(p, 1);
-    p[4] = v ? 1 : 0;
-    wrote(p + 5);
-}
-void RowWriter::timestamptz_unix_us(std::int64_t unix_us) { int8(unix_us - pg_epoch_unix_us); }
 
 void RowWriter::inet(const IpAddress& a) {
     if (a.length != 4 && a.length != 16) return null();
@@ -316,26 +284,32 @@ void write_name(RowWriter& w, std::string_view presentation) {
 }
 
 // Mnemonics of the common values, computed once (type_to_text formats through libknot).
-const std::string& cached_text(std::uint16_t v, std::string (*f)(std::uint16_t), int which) {
-    struct Tables {
-        std::array<std::array<std::string, 256>, 3> t;
-        Tables() {
-            for (std::uint16_t i = 0; i < 256; ++i) {
-                t[0][i] = type_to_text(i);
-                t[1][i] = class_to_text(i);
-                t[2][i] = rcode_to_text(i);
-            }
+struct MnemonicTables {
+    std::array<std::array<std::string, 256>, 3> t;
+    MnemonicTables() {
+        for (std::uint16_t i = 0; i < 256; ++i) {
+            t[0][i] = type_to_text(i);
+            t[1][i] = class_to_text(i);
+            t[2][i] = rcode_to_text(i);
         }
-    };
-    static const Tables tables;
-    if (v < 256) return tables.t[static_cast<std::size_t>(which)][v];
-    // Rare values, each kept once per thread (at most 3 x 65536 short strings): a returned
-    // reference stays valid, so two texts can be held at once (sorting compares two).
+    }
+};
+const MnemonicTables& mnemonic_tables() {
+    static const MnemonicTables tables;
+    return tables;
+}
+// Rare values, each kept once per thread (at most 3 x 65536 short strings): a returned
+// reference stays valid, so two texts can be held at once (sorting compares two).
+const std::string& rare_text(std::uint16_t v, std::string (*f)(std::uint16_t), int which) {
     thread_local std::unordered_map<std::uint32_t, std::string> others;
     const auto key = (static_cast<std::uint32_t>(which) << 16) | v;
     auto it = others.find(key);
     if (it == others.end()) it = others.emplace(key, f(v)).first;
     return it->second;
+}
+inline const std::string& cached_text(std::uint16_t v, std::string (*f)(std::uint16_t), int which) {
+    if (v < 256) return mnemonic_tables().t[static_cast<std::size_t>(which)][v];
+    return rare_text(v, f, which);
 }
 const std::string& type_text(std::uint16_t t) { return cached_text(t, type_to_text, 0); }
 const std::string& class_text(std::uint16_t c) { return cached_text(c, class_to_text, 1); }
@@ -355,9 +329,10 @@ const std::string& flags_text(std::uint16_t flags) {
         }
         return t;
     }();
-    std::size_t i = 0;
-    for (std::size_t b = 0; b < flag_bits.size(); ++b)
-        if (flags & flag_bits[b]) i |= std::size_t{1} << b;
+    // Bit b of the index is flag_bits[b], each moved into place.
+    const unsigned f = flags;
+    const unsigned i = ((f >> 15) & 1) | ((f >> 9) & 2) | ((f >> 7) & 4) | ((f >> 5) & 8) | ((f >> 3) & 16) |
+                       (f & 32) | ((f << 2) & 64);
     return table[i];
 }
 const std::string& opcode_text(std::uint8_t opcode) {
@@ -402,7 +377,9 @@ RowSource make_source(const Exchange& e) {
     // server's is the fallback when the query is not there (BIND's CR comes alone).
     const DnsMessage* edns = q && q->has_edns ? q : (r && r->has_edns ? r : nullptr);
     const ExchangeView view(e);
-    return RowSource{e, e.any(), q, r, q ? q : r, edns, exchange_time_us(e), view.response_time_ns, view.latency_us};
+    // exchange_time_us without a second view (its first choice is this view's time).
+    const std::int64_t time_us = view.time_ns >= 0 ? ns_to_us(view.time_ns) : exchange_time_us(e);
+    return RowSource{e, e.any(), q, r, q ? q : r, edns, time_us, view.response_time_ns, view.latency_us};
 }
 
 void opt_text(RowWriter& w, std::string_view s) {
@@ -693,16 +670,46 @@ void stored_name_into(std::string& out, std::string_view presentation) {
         if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
 }
 
-void sanitized_into(std::string& out, std::string_view raw, bool escape_backslash) {
-    if (printable_ascii(raw, escape_backslash)) out.assign(raw);
-    else out = sanitize_text(raw, escape_backslash);
+// A name that is its own stored form: printable ASCII, lowercase, no final dot.
+bool is_stored_name(std::string_view s) noexcept {
+    return !swar::scan(s.data(), s.size(), [](std::uint64_t x) { return swar::unprintable(x) | swar::upper_flags(x); }) &&
+           without_final_dot(s) == s.size();
+}
+
+// The stored form of a name: the name itself when it is one already (owner names from the
+// DNS parser), else built in `scratch`.
+std::string_view stored_name_view(std::string& scratch, std::string_view presentation) {
+    if (is_stored_name(presentation)) return presentation;
+    stored_name_into(scratch, presentation);
+    return scratch;
+}
+
+// sanitize_text's result: raw itself when it is printable ASCII, else built in `scratch`.
+std::string_view sanitized_view(std::string& scratch, std::string_view raw, bool escape_backslash) {
+    if (printable_ascii(raw, escape_backslash)) return raw;
+    scratch = sanitize_text(raw, escape_backslash);
+    return scratch;
+}
+
+// Eight bytes at a time, finished by murmur3's mixer: good enough spread for the low bits
+// the table uses, cheaper than std::hash on these short strings.
+std::uint64_t hash_bytes(std::uint64_t h, std::string_view s) noexcept {
+    constexpr std::uint64_t k = 0x9e3779b97f4a7c15ull;
+    const char* d = s.data();
+    std::size_t n = s.size();
+    for (; n >= 8; d += 8, n -= 8) h = std::rotl((h ^ swar::load(d)) * k, 29);
+    std::uint64_t tail = 0;
+    for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(static_cast<unsigned char>(d[i])) << (8 * i);
+    return std::rotl((h ^ tail ^ (static_cast<std::uint64_t>(s.size()) << 56)) * k, 29);
 }
 
 std::uint64_t pdns_hash(std::string_view rrname, std::uint16_t rrtype, std::string_view rdata) noexcept {
-    std::hash<std::string_view> h;
-    std::uint64_t x = h(rrname);
-    x ^= rrtype + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
-    x ^= h(rdata) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
+    std::uint64_t x = hash_bytes(hash_bytes(rrtype, rrname), rdata);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
     return x;
 }
 
@@ -790,18 +797,22 @@ void PdnsAggregate::add(const Exchange& e) {
     if (r.answers.empty()) return;
     std::int64_t t = e.response->response_time_ns >= 0 ? ns_to_us(e.response->response_time_ns)
                                                        : exchange_time_us(e);
-    // Scratch strings reused across calls (per thread: workers aggregate in parallel).
-    thread_local std::string rrname, rdata, target, sensor, bailiwick;
-    sanitized_into(sensor, e.response->identity, true);
-    if (e.response->query_zone.empty()) bailiwick.clear();
-    else stored_name_into(bailiwick, e.response->query_zone);
+    // Scratch strings reused across calls (per thread: workers aggregate in parallel), for
+    // the few strings that are not their own stored form.
+    thread_local std::string rrname_store, rdata_store, target, sensor_store, bailiwick_store;
+    const std::string_view sensor = sanitized_view(sensor_store, e.response->identity, true);
+    const std::string_view bailiwick =
+        e.response->query_zone.empty() ? std::string_view() : stored_name_view(bailiwick_store, e.response->query_zone);
+    // This exchange's bailiwick and sensor as strings of the aggregate, made on first use.
+    Str bailiwick_str, sensor_str;
     for (const auto& rr : r.answers) {
         if (rr.rclass != 1) continue;  // IN only: other classes are not passive DNS data
-        stored_name_into(rrname, rr.name);
+        const std::string_view rrname = stored_name_view(rrname_store, rr.name);
         // Lone-name rdata (CNAME, NS, PTR, DNAME) is stored like owner names so pdns_rdata can
         // look it up by name.
-        if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) stored_name_into(rdata, rr.rdata);
-        else sanitized_into(rdata, rr.rdata, false);
+        const std::string_view rdata = rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39
+                                           ? stored_name_view(rdata_store, rr.rdata)
+                                           : sanitized_view(rdata_store, rr.rdata, false);
         // The unique btree index takes rows up to ~2.7 kB; longer records (big TXT) would fail
         // the whole upsert, so they stay out of pdns (they remain in exchange.answers).
         if (rrname.size() + rdata.size() > 2000) continue;
@@ -819,12 +830,30 @@ void PdnsAggregate::add(const Exchange& e) {
             v.last_us = std::max(v.last_us, t);
         }
         ++v.count;
-        if (!bailiwick.empty() && str(v.bailiwick) != bailiwick) v.bailiwick = intern(bailiwick, last_bailiwick_);
-        if (!sensor.empty() && str(v.sensor_id) != sensor) v.sensor_id = intern(sensor, last_sensor_);
+        // The latest exchange's bailiwick and sensor win (the same text when they are equal).
+        if (!bailiwick.empty()) {
+            if (!bailiwick_str.len) bailiwick_str = intern(bailiwick, last_bailiwick_);
+            v.bailiwick = bailiwick_str;
+        }
+        if (!sensor.empty()) {
+            if (!sensor_str.len) sensor_str = intern(sensor, last_sensor_);
+            v.sensor_id = sensor_str;
+        }
     }
 }
 
 void PdnsAggregate::merge(PdnsAggregate&& later) {
+    if (entries_.empty()) {
+        // Into an empty aggregate: taken whole (the same entries in the same order as adding
+        // them one by one), `later` keeping this one's storage.
+        entries_.swap(later.entries_);
+        slots_.swap(later.slots_);
+        arena_.swap(later.arena_);
+        std::swap(last_sensor_, later.last_sensor_);
+        std::swap(last_bailiwick_, later.last_bailiwick_);
+        later.clear();
+        return;
+    }
     for (const Entry& v : later.entries_) {
         bool fresh = false;
         std::uint32_t i = slot_for(v.hash, later.str(v.rrname), v.rrtype, later.str(v.rdata), fresh);
@@ -859,23 +888,77 @@ std::optional<PdnsAggregate::View> PdnsAggregate::find(std::string_view rrname, 
     return view(entries_[slots_[at] - 1]);
 }
 
+namespace {
+
+// Bytes [at, at + 8) of s as a big-endian number, zero-padded past the end: comparing two of
+// them orders the strings as a bytewise comparison would, or ties.
+std::uint64_t head8(std::string_view s, std::size_t at) noexcept {
+    if (at + 8 <= s.size()) {
+        std::uint64_t h = swar::load(s.data() + at);
+        return std::endian::native == std::endian::little ? __builtin_bswap64(h) : h;
+    }
+    std::uint64_t h = 0;
+    for (std::size_t i = at; i < at + 8; ++i) h = (h << 8) | (i < s.size() ? static_cast<unsigned char>(s[i]) : 0u);
+    return h;
+}
+
+}  // namespace
+
 void PdnsAggregate::sorted_order(std::vector<std::uint32_t>& order) const {
-    order.resize(entries_.size());
-    for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-    // By (rrname, rrtype, rdata) as text, bytewise: the order of the upsert's conflict key
-    // under COLLATE "C".
-    std::sort(order.begin(), order.end(), [this](std::uint32_t a, std::uint32_t b) {
-        const Entry& x = entries_[a];
-        const Entry& y = entries_[b];
-        if (int c = str(x.rrname).compare(str(y.rrname)); c != 0) return c < 0;
-        if (x.rrtype != y.rrtype) return type_text(x.rrtype) < type_text(y.rrtype);
-        return str(x.rdata) < str(y.rdata);
+    // By (rrname, rrtype text, rdata) bytewise: the order of the upsert's conflict key under
+    // COLLATE "C". Sorted as keys holding rrname's first 24 bytes as numbers, the rank of the
+    // type's text among the types present and rdata's first 8 bytes, so that nearly all
+    // comparisons are of integers, not strings.
+    struct Key {
+        std::array<std::uint64_t, 3> name;
+        std::uint64_t rdata;
+        std::uint32_t name_size, type_rank, entry;
+    };
+    constexpr std::size_t name_bytes = sizeof(Key::name);
+    std::vector<Key> keys(entries_.size());
+    // Types present, numbered in order of appearance: nearly all below 256.
+    std::vector<std::uint16_t> types;
+    std::array<std::uint32_t, 256> common;
+    common.fill(UINT32_MAX);
+    std::unordered_map<std::uint16_t, std::uint32_t> rare;
+    for (std::uint32_t i = 0; i < entries_.size(); ++i) {
+        const Entry& e = entries_[i];
+        std::uint32_t& number = e.rrtype < 256 ? common[e.rrtype] : rare.try_emplace(e.rrtype, UINT32_MAX).first->second;
+        if (number == UINT32_MAX) {
+            number = static_cast<std::uint32_t>(types.size());
+            types.push_back(e.rrtype);
+        }
+        const std::string_view name = str(e.rrname);
+        keys[i] = Key{{head8(name, 0), head8(name, 8), head8(name, 16)}, head8(str(e.rdata), 0), e.rrname.len, number, i};
+    }
+    std::vector<std::uint32_t> by_text(types.size());
+    for (std::uint32_t k = 0; k < by_text.size(); ++k) by_text[k] = k;
+    std::sort(by_text.begin(), by_text.end(),
+              [&](std::uint32_t a, std::uint32_t b) { return type_text(types[a]) < type_text(types[b]); });
+    std::vector<std::uint32_t> rank(types.size());
+    for (std::uint32_t r = 0; r < by_text.size(); ++r) rank[by_text[r]] = r;
+    for (Key& k : keys) k.type_rank = rank[k.type_rank];
+
+    std::sort(keys.begin(), keys.end(), [this](const Key& a, const Key& b) {
+        for (std::size_t k = 0; k < a.name.size(); ++k)  // integer compares, not a memcmp call
+            if (a.name[k] != b.name[k]) return a.name[k] < b.name[k];
+        // Equal prefixes: the names are equal when their sizes are and the prefix is all of
+        // them; else the whole names decide.
+        if (a.name_size != b.name_size || a.name_size > name_bytes) {
+            const int c = str(entries_[a.entry].rrname).compare(str(entries_[b.entry].rrname));
+            if (c != 0) return c < 0;
+        }
+        if (a.type_rank != b.type_rank) return a.type_rank < b.type_rank;
+        if (a.rdata != b.rdata) return a.rdata < b.rdata;
+        return str(entries_[a.entry].rdata) < str(entries_[b.entry].rdata);
     });
+    order.resize(keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) order[i] = keys[i].entry;
 }
 
 void PdnsAggregate::encode_rows(const std::vector<std::uint32_t>& order, std::string& out) const {
     out.reserve(out.size() + order.size() * 120);
-    RowWriter w(out);
+    RowWriter w(out, true);
     for (std::uint32_t i : order) {
         const Entry& v = entries_[i];
         w.begin_row(10);

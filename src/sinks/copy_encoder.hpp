@@ -3,7 +3,9 @@
 // unit tests check the wire layout without a database.
 #pragma once
 
+#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -38,13 +40,37 @@ public:
     RowWriter(const RowWriter&) = delete;
     RowWriter& operator=(const RowWriter&) = delete;
 
-    void begin_row(std::int16_t fields);
-    void null();
+    // The fixed-size fields are inline: a few stores each.
+    void begin_row(std::int16_t fields) {
+        char* p = room(2);
+        store_be(p, static_cast<std::uint16_t>(fields));
+        wrote(p + 2);
+    }
+    void null() {
+        char* p = room(4);
+        store_be(p, std::uint32_t{0xffffffffu});
+        wrote(p + 4);
+    }
     void text(std::string_view utf8);             // caller guarantees valid UTF-8, no NUL
-    void int4(std::int32_t v);
-    void int8(std::int64_t v);
-    void boolean(bool v);
-    void timestamptz_unix_us(std::int64_t unix_us);
+    void int4(std::int32_t v) {
+        char* p = room(8);
+        store_be(p, std::uint32_t{4});
+        store_be(p + 4, static_cast<std::uint32_t>(v));
+        wrote(p + 8);
+    }
+    void int8(std::int64_t v) {
+        char* p = room(12);
+        store_be(p, std::uint32_t{8});
+        store_be(p + 4, static_cast<std::uint64_t>(v));
+        wrote(p + 12);
+    }
+    void boolean(bool v) {
+        char* p = room(5);
+        store_be(p, std::uint32_t{1});
+        p[4] = v ? 1 : 0;
+        wrote(p + 5);
+    }
+    void timestamptz_unix_us(std::int64_t unix_us) { int8(unix_us - pg_epoch_unix_us); }
     void inet(const IpAddress& a);                // NULL when empty
     bool inet_text(std::string_view address);     // "192.0.2.1" / "2001:db8::1"; false (and
                                                   // nothing written) when not an address
@@ -69,7 +95,17 @@ public:
     // Cuts the string to the bytes written.
     void flush() noexcept;
 
+    // Big-endian (network order) stores, as the binary COPY format wants.
+    template <class T>
+    static void store_be(char* p, T v) noexcept {
+        if constexpr (std::endian::native == std::endian::little) v = byteswap(v);
+        std::memcpy(p, &v, sizeof v);
+    }
+
 private:
+    static std::uint16_t byteswap(std::uint16_t v) noexcept { return __builtin_bswap16(v); }
+    static std::uint32_t byteswap(std::uint32_t v) noexcept { return __builtin_bswap32(v); }
+    static std::uint64_t byteswap(std::uint64_t v) noexcept { return __builtin_bswap64(v); }
     void grow(std::size_t n);
     std::string& out_;
     bool ahead_;

@@ -851,3 +851,37 @@ TEST_CASE("encoded bytes of varied exchanges are pinned", "[copy][pdns]") {
     CHECK(per_chunk == 0x99f64ce0037d48c2ull);
     CHECK(merged.encode() == all.pdns_rows);
 }
+
+TEST_CASE("pdns rows come in the conflict key's bytewise order", "[copy][pdns]") {
+    // Names around the lengths the sort keys hold (8, 16, 24 bytes), prefixes of each other,
+    // bytes above 0x7f; types whose texts sort unlike their numbers; rdata sharing prefixes.
+    std::mt19937 rng(99);
+    auto pick = [&](std::size_t n) { return static_cast<std::size_t>(rng() % n); };
+    const std::vector<std::string> parts = {"a", "b", "ab", "host1234", "host12345", "x.example", "caf\xc3\xa9", "\xc3\xa9",
+                                            "0", "-", "zz", "bench.example.com"};
+    const std::vector<std::uint16_t> types = {1, 28, 5, 16, 15, 2, 65280, 300, 65, 99, 255, 1000};
+    const std::vector<std::string> rdatas = {"192.0.2.1", "192.0.2.10", "192.0.2.100", "192.0.2.1000", "\"x\"", "\"xy\"",
+                                             "10 a.example.", "10 a.example.net.", "\\# 0", "\\# 1 00", "2001:db8::1"};
+    for (int round = 0; round < 30; ++round) {
+        PdnsAggregate agg;
+        for (std::size_t i = 0, n = 1 + pick(300); i < n; ++i) {
+            Exchange e;
+            e.response = std::make_unique<DnstapMessage>(response_message());
+            auto& answers = e.response->response->answers;
+            answers.clear();
+            for (std::size_t k = 1 + pick(5); k > 0; --k) {
+                std::string name;
+                for (std::size_t p = 1 + pick(4); p > 0; --p) name += (name.empty() ? "" : ".") + parts[pick(parts.size())];
+                answers.push_back(ResourceRecord{name, types[pick(types.size())], 1, 60, rdatas[pick(rdatas.size())]});
+            }
+            agg.add(e);
+        }
+        auto rows = parse_rows(agg.encode());
+        REQUIRE(rows.size() == agg.size());
+        for (std::size_t i = 1; i < rows.size(); ++i) {
+            auto key = [](const Row& r) { return std::make_tuple(*r[0], *r[1], *r[2]); };
+            // std::string compares bytes as unsigned char, like COLLATE "C".
+            REQUIRE(key(rows[i - 1]) < key(rows[i]));
+        }
+    }
+}
