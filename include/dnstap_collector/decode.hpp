@@ -140,6 +140,11 @@ std::uint64_t route_hash(std::span<const std::uint8_t> frame) noexcept;
 // Appends s as a JSON string: quotes, backslashes and control characters escaped; bytes of
 // 0x80 and above are copied (the caller passes valid UTF-8; our names are ASCII already).
 void append_json_string(std::string& out, std::string_view s);
+// The same into memory with room for 6 * s.size() + 2 bytes (every byte escaped), or for
+// s.size() + 2 when json_plain(s); returns the end of what was written.
+char* write_json_string(char* out, std::string_view s) noexcept;
+// Whether s is its own JSON string content (no byte needs an escape).
+bool json_plain(std::string_view s) noexcept;
 
 // Text line like dnstap-read's default output, and a JSON object, for `read` and `tail`.
 std::string format_text(const DnstapMessage& m);

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <charconv>
 #include <chrono>
 #include <cstring>
 #include <unordered_map>
 
+#include "decode/swar.hpp"
 #include "dnstap_collector/dns.hpp"
 
 namespace dnstap_collector::copy {
@@ -26,91 +28,119 @@ std::string_view trailer() noexcept {
 
 namespace {
 
-// Big-endian stores into a local buffer: each fixed-size field (length + value) is then one
-// append to the output, not one per part.
-inline void store32(char* p, std::uint32_t v) noexcept {
-    p[0] = static_cast<char>(v >> 24);
-    p[1] = static_cast<char>((v >> 16) & 0xff);
-    p[2] = static_cast<char>((v >> 8) & 0xff);
-    p[3] = static_cast<char>(v & 0xff);
+inline void store32(char* p, std::uint32_t v) noexcept { RowWriter::store_be(p, v); }
+
+// memcpy, with the short copies of names and mnemonics done inline (two overlapping word
+// copies) rather than by a call.
+inline void copy_bytes(char* to, const char* from, std::size_t n) noexcept {
+    if (n >= 8 && n <= 16) {
+        const std::uint64_t head = swar::load(from), tail = swar::load(from + n - 8);
+        swar::store(to, head);
+        swar::store(to + n - 8, tail);
+    } else if (n >= 4 && n < 8) {
+        std::uint32_t head, tail;
+        std::memcpy(&head, from, 4);
+        std::memcpy(&tail, from + n - 4, 4);
+        std::memcpy(to, &head, 4);
+        std::memcpy(to + n - 4, &tail, 4);
+    } else if (n > 0 && n < 4) {
+        const char first = from[0], middle = from[n / 2], last = from[n - 1];
+        to[0] = first;
+        to[n / 2] = middle;
+        to[n - 1] = last;
+    } else if (n > 16) {
+        std::memcpy(to, from, n);
+    }
 }
-inline void store64(char* p, std::uint64_t v) noexcept {
-    store32(p, static_cast<std::uint32_t>(v >> 32));
-    store32(p + 4, static_cast<std::uint32_t>(v & 0xffffffffu));
+
+// Length + bytes.
+inline char* put_text(char* p, std::string_view s) noexcept {
+    store32(p, static_cast<std::uint32_t>(s.size()));
+    copy_bytes(p + 4, s.data(), s.size());
+    return p + 4 + s.size();
+}
+
+// The whole of s is printable ASCII (and, with no_backslash, holds no '\\').
+bool printable_ascii(std::string_view s, bool no_backslash) noexcept {
+    if (no_backslash)
+        return !swar::scan(s.data(), s.size(), [](std::uint64_t x) { return swar::unprintable(x) | swar::equal(x, '\\'); });
+    return !swar::scan(s.data(), s.size(), swar::unprintable);
 }
 
 }  // namespace
 
-void RowWriter::be16(std::uint16_t v) {
-    const char b[2] = {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
-    out_.append(b, 2);
-}
-void RowWriter::be32(std::uint32_t v) {
-    char b[4];
-    store32(b, v);
-    out_.append(b, 4);
-}
-void RowWriter::be64(std::uint64_t v) {
-    char b[8];
-    store64(b, v);
-    out_.append(b, 8);
-}
-
-std::size_t RowWriter::open_field() {
-    std::size_t at = out_.size();
-    be32(0);
-    return at;
-}
-void RowWriter::close_field(std::size_t at) {
-    store32(out_.data() + at, static_cast<std::uint32_t>(out_.size() - at - 4));
+void RowWriter::grow(std::size_t n) {
+    const std::size_t used = size();
+    std::size_t want = used + n;
+    if (ahead_) {
+        // Room for the next rows too; up to the capacity reserved when the row fits in it,
+        // so a string reserved for a batch keeps its size (and its allocation).
+        // Steps under glibc's threshold for `rep stosb`: zero-filled with vector stores.
+        const std::size_t step = std::max(want, used + 1024);
+        want = out_.capacity() >= want ? std::min(step, out_.capacity()) : step;
+    }
+    out_.resize(want);
+    p_ = out_.data() + used;
+    end_ = out_.data() + out_.size();
 }
 
-void RowWriter::begin_row(std::int16_t fields) { be16(static_cast<std::uint16_t>(fields)); }
-void RowWriter::null() { be32(0xffffffffu); }
-void RowWriter::text(std::string_view s) {
-    be32(static_cast<std::uint32_t>(s.size()));
-    out_.append(s);
+void RowWriter::flush() noexcept {
+    if (!p_) return;
+    out_.resize(static_cast<std::size_t>(p_ - out_.data()));
+    p_ = end_ = nullptr;
 }
-void RowWriter::int4(std::int32_t v) {
-    char b[8];
-    store32(b, 4);
-    store32(b + 4, static_cast<std::uint32_t>(v));
-    out_.append(b, sizeof b);
-}
-void RowWriter::int8(std::int64_t v) {
-    char b[12];
-    store32(b, 8);
-    store64(b + 4, static_cast<std::uint64_t>(v));
-    out_.append(b, sizeof b);
-}
-void RowWriter::boolean(bool v) {
-    char b[5];
-    store32(b, 1);
-    b[4] = v ? 1 : 0;
-    out_.append(b, sizeof b);
-}
-void RowWriter::timestamptz_unix_us(std::int64_t unix_us) { int8(unix_us - pg_epoch_unix_us); }
+
+void RowWriter::text(std::string_view s) { wrote(put_text(room(4 + s.size()), s)); }
 
 void RowWriter::inet(const IpAddress& a) {
     if (a.length != 4 && a.length != 16) return null();
     // PostgreSQL's own family numbers (PGSQL_AF_INET = AF_INET + 0 = 2, PGSQL_AF_INET6 =
     // AF_INET + 1 = 3), not the platform's AF_INET6.
-    char b[8 + 16];
-    store32(b, 4u + a.length);
-    b[4] = a.length == 4 ? 2 : 3;
-    b[5] = static_cast<char>(a.length == 4 ? 32 : 128);  // bits
-    b[6] = 0;                                             // is_cidr
-    b[7] = static_cast<char>(a.length);
-    std::memcpy(b + 8, a.bytes.data(), a.length);
-    out_.append(b, 8u + a.length);
+    char* p = room(8 + 16);
+    store32(p, 4u + a.length);
+    p[4] = a.length == 4 ? 2 : 3;
+    p[5] = static_cast<char>(a.length == 4 ? 32 : 128);  // bits
+    p[6] = 0;                                             // is_cidr
+    p[7] = static_cast<char>(a.length);
+    std::memcpy(p + 8, a.bytes.data(), a.length);
+    wrote(p + 8 + a.length);
 }
 
+namespace {
+
+// Dotted-quad IPv4 exactly as inet_pton(AF_INET) takes it (four decimal parts of at most
+// 255, no leading zeros, nothing else), without the copy and call: the rdata of nearly every
+// A record. False for anything else, which then goes to inet_pton.
+bool parse_ipv4(std::string_view s, std::uint8_t* out) noexcept {
+    std::size_t i = 0;
+    for (int part = 0; part < 4; ++part) {
+        if (part > 0) {
+            if (i >= s.size() || s[i] != '.') return false;
+            ++i;
+        }
+        const std::size_t start = i;
+        unsigned v = 0;
+        while (i < s.size() && i - start < 3 && s[i] >= '0' && s[i] <= '9') v = v * 10 + static_cast<unsigned>(s[i++] - '0');
+        const std::size_t digits = i - start;
+        if (digits == 0 || v > 255 || (digits > 1 && s[start] == '0')) return false;
+        out[part] = static_cast<std::uint8_t>(v);
+    }
+    return i == s.size();
+}
+
+}  // namespace
+
 bool RowWriter::inet_text(std::string_view address) {
+    IpAddress a;
+    if (parse_ipv4(address, a.bytes.data())) {
+        a.length = 4;
+        inet(a);
+        return true;
+    }
     if (address.size() >= INET6_ADDRSTRLEN) return false;
     char buf[INET6_ADDRSTRLEN];
     std::memcpy(buf, address.data(), address.size());
     buf[address.size()] = '\0';
-    IpAddress a;
     if (inet_pton(AF_INET, buf, a.bytes.data()) == 1) a.length = 4;
     else if (inet_pton(AF_INET6, buf, a.bytes.data()) == 1) a.length = 16;
     else return false;
@@ -119,9 +149,11 @@ bool RowWriter::inet_text(std::string_view address) {
 }
 
 void RowWriter::jsonb(std::string_view json) {
-    be32(static_cast<std::uint32_t>(json.size() + 1));
-    out_.push_back(1);  // jsonb binary format version
-    out_.append(json);
+    char* p = room(5 + json.size());
+    store32(p, static_cast<std::uint32_t>(json.size() + 1));
+    p[4] = 1;  // jsonb binary format version
+    copy_bytes(p + 5, json.data(), json.size());
+    wrote(p + 5 + json.size());
 }
 
 namespace {
@@ -181,19 +213,45 @@ std::string sanitize_text(std::string_view raw, bool escape_backslash) {
 
 namespace {
 
-bool printable_ascii(std::string_view s, bool no_backslash) noexcept {
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        if (c < 0x20 || c >= 0x7f || (no_backslash && c == '\\')) return false;
-    }
+// Copies s to `to` (room for s.size() bytes) when it is printable ASCII (with no_backslash,
+// without '\\'); says whether it was.
+bool copy_printable(char* to, std::string_view s, bool no_backslash) noexcept {
+    if (!printable_ascii(s, no_backslash)) return false;
+    copy_bytes(to, s.data(), s.size());
     return true;
+}
+
+// The same with ASCII letters lowercased on the way.
+bool copy_printable_lower(char* to, std::string_view s) noexcept {
+    const char* d = s.data();
+    const std::size_t n = s.size();
+    if (n < 8) {
+        bool ok = true;
+        for (std::size_t i = 0; i < n; ++i) {
+            auto c = static_cast<unsigned char>(d[i]);
+            ok &= c >= 0x20 && c < 0x7f;
+            to[i] = static_cast<char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+        }
+        return ok;
+    }
+    std::uint64_t bad = 0;
+    auto word = [&](std::size_t i) {
+        const std::uint64_t x = swar::load(d + i);
+        bad |= swar::unprintable(x);
+        swar::store(to + i, swar::lower(x));  // exact when the word is ASCII, else unused
+    };
+    for (std::size_t i = 0; i + 8 <= n; i += 8) word(i);
+    if (n % 8) word(n - 8);
+    return bad == 0;
 }
 
 }  // namespace
 
 void RowWriter::clean_text(std::string_view raw, bool escape_backslash) {
-    if (printable_ascii(raw, escape_backslash)) text(raw);
-    else text(sanitize_text(raw, escape_backslash));
+    char* p = room(4 + raw.size());
+    if (!copy_printable(p + 4, raw, escape_backslash)) return text(sanitize_text(raw, escape_backslash));
+    store32(p, static_cast<std::uint32_t>(raw.size()));
+    wrote(p + 4 + raw.size());
 }
 
 namespace {
@@ -217,38 +275,41 @@ std::string stored_name(std::string_view presentation) {
 // The same, written as a text field without temporary strings when the name is printable
 // ASCII (nearly always).
 void write_name(RowWriter& w, std::string_view presentation) {
-    if (!printable_ascii(presentation, false)) return w.text(stored_name(presentation));
+    // The final dot is printable: checking the rest is checking the whole.
     std::string_view n = presentation.substr(0, without_final_dot(presentation));
-    std::size_t at = w.open_field();
-    std::string& out = w.buffer();
-    std::size_t base = out.size();
-    out.append(n);
-    for (std::size_t i = base; i < out.size(); ++i)
-        if (out[i] >= 'A' && out[i] <= 'Z') out[i] = static_cast<char>(out[i] + ('a' - 'A'));
-    w.close_field(at);
+    char* p = w.room(4 + n.size());
+    if (!copy_printable_lower(p + 4, n)) return w.text(stored_name(presentation));
+    store32(p, static_cast<std::uint32_t>(n.size()));
+    w.wrote(p + 4 + n.size());
 }
 
 // Mnemonics of the common values, computed once (type_to_text formats through libknot).
-const std::string& cached_text(std::uint16_t v, std::string (*f)(std::uint16_t), int which) {
-    struct Tables {
-        std::array<std::array<std::string, 256>, 3> t;
-        Tables() {
-            for (std::uint16_t i = 0; i < 256; ++i) {
-                t[0][i] = type_to_text(i);
-                t[1][i] = class_to_text(i);
-                t[2][i] = rcode_to_text(i);
-            }
+struct MnemonicTables {
+    std::array<std::array<std::string, 256>, 3> t;
+    MnemonicTables() {
+        for (std::uint16_t i = 0; i < 256; ++i) {
+            t[0][i] = type_to_text(i);
+            t[1][i] = class_to_text(i);
+            t[2][i] = rcode_to_text(i);
         }
-    };
-    static const Tables tables;
-    if (v < 256) return tables.t[static_cast<std::size_t>(which)][v];
-    // Rare values, each kept once per thread (at most 3 x 65536 short strings): a returned
-    // reference stays valid, so two texts can be held at once (sorting compares two).
+    }
+};
+const MnemonicTables& mnemonic_tables() {
+    static const MnemonicTables tables;
+    return tables;
+}
+// Rare values, each kept once per thread (at most 3 x 65536 short strings): a returned
+// reference stays valid, so two texts can be held at once (sorting compares two).
+const std::string& rare_text(std::uint16_t v, std::string (*f)(std::uint16_t), int which) {
     thread_local std::unordered_map<std::uint32_t, std::string> others;
     const auto key = (static_cast<std::uint32_t>(which) << 16) | v;
     auto it = others.find(key);
     if (it == others.end()) it = others.emplace(key, f(v)).first;
     return it->second;
+}
+inline const std::string& cached_text(std::uint16_t v, std::string (*f)(std::uint16_t), int which) {
+    if (v < 256) return mnemonic_tables().t[static_cast<std::size_t>(which)][v];
+    return rare_text(v, f, which);
 }
 const std::string& type_text(std::uint16_t t) { return cached_text(t, type_to_text, 0); }
 const std::string& class_text(std::uint16_t c) { return cached_text(c, class_to_text, 1); }
@@ -268,9 +329,10 @@ const std::string& flags_text(std::uint16_t flags) {
         }
         return t;
     }();
-    std::size_t i = 0;
-    for (std::size_t b = 0; b < flag_bits.size(); ++b)
-        if (flags & flag_bits[b]) i |= std::size_t{1} << b;
+    // Bit b of the index is flag_bits[b], each moved into place.
+    const unsigned f = flags;
+    const unsigned i = ((f >> 15) & 1) | ((f >> 9) & 2) | ((f >> 7) & 4) | ((f >> 5) & 8) | ((f >> 3) & 16) |
+                       (f & 32) | ((f << 2) & 64);
     return table[i];
 }
 const std::string& opcode_text(std::uint8_t opcode) {
@@ -315,7 +377,9 @@ RowSource make_source(const Exchange& e) {
     // server's is the fallback when the query is not there (BIND's CR comes alone).
     const DnsMessage* edns = q && q->has_edns ? q : (r && r->has_edns ? r : nullptr);
     const ExchangeView view(e);
-    return RowSource{e, e.any(), q, r, q ? q : r, edns, exchange_time_us(e), view.response_time_ns, view.latency_us};
+    // exchange_time_us without a second view (its first choice is this view's time).
+    const std::int64_t time_us = view.time_ns >= 0 ? ns_to_us(view.time_ns) : exchange_time_us(e);
+    return RowSource{e, e.any(), q, r, q ? q : r, edns, time_us, view.response_time_ns, view.latency_us};
 }
 
 void opt_text(RowWriter& w, std::string_view s) {
@@ -323,37 +387,80 @@ void opt_text(RowWriter& w, std::string_view s) {
     else w.clean_text(s, false);
 }
 
-// The answers as jsonb, built in place: [{"name","type","ttl","rdata"}, ...].
+// s is printable ASCII without '"' and '\\' (and, with no_upper, without 'A'..'Z'): its own
+// JSON string content, and its own stored form.
+bool plain_json_text(std::string_view s, bool no_upper) noexcept {
+    auto plain = [](std::uint64_t x) { return swar::unprintable(x) | swar::equal(x, '"') | swar::equal(x, '\\'); };
+    if (no_upper) return !swar::scan(s.data(), s.size(), [&](std::uint64_t x) { return plain(x) | swar::upper_flags(x); });
+    return !swar::scan(s.data(), s.size(), plain);
+}
+
+inline char* put_literal(char* p, std::string_view s) noexcept {
+    std::memcpy(p, s.data(), s.size());
+    return p + s.size();
+}
+
+// A JSON string of s, which plain_json_text said needs no escape.
+inline char* put_quoted(char* p, std::string_view s) noexcept {
+    *p++ = '"';
+    copy_bytes(p, s.data(), s.size());
+    p += s.size();
+    *p++ = '"';
+    return p;
+}
+
+// Room a JSON string of s takes at most.
+constexpr std::size_t json_room(std::size_t size, bool plain) noexcept { return (plain ? size : 6 * size) + 2; }
+
+// The answers as jsonb, built in place: [{"name","type","ttl","rdata"}, ...]. Names from the
+// DNS parser are stored names already (lowercase, no final dot) and rdata is nearly always
+// printable without quotes: both are then copied as they are, and only other strings go
+// through stored_name, sanitize_text and escaping.
 void answers_jsonb(RowWriter& w, const DnsMessage& m) {
-    std::size_t at = w.open_field();
-    std::string& j = w.buffer();
-    j += '\1';  // jsonb binary format version
-    j += '[';
+    const std::size_t field = w.size();
+    char* p = w.room(6);
+    p += 4;
+    *p++ = '\1';  // jsonb binary format version
+    *p++ = '[';
+    w.wrote(p);
+    std::string name_store, rdata_store;  // only for names and rdata that are not plain
     bool first = true;
     for (const auto& rr : m.answers) {
-        if (!first) j += ',';
+        std::string_view name = rr.name;
+        const bool name_plain = plain_json_text(name, true) && !(name.size() > 1 && name.back() == '.');
+        if (!name_plain && !(printable_ascii(name, false) && without_final_dot(name) == name.size() &&
+                             std::none_of(name.begin(), name.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))) {
+            name_store = stored_name(name);
+            name = name_store;
+        }
+        const std::string& type = type_text(rr.type);
+        const bool type_plain = plain_json_text(type, false);
+        std::string_view rdata = rr.rdata;
+        const bool rdata_plain = plain_json_text(rdata, false);
+        if (!rdata_plain && !printable_ascii(rdata, false)) {
+            rdata_store = sanitize_text(rdata, false);
+            rdata = rdata_store;
+        }
+        // ",{\"name\":" ",\"type\":" ",\"ttl\":" 10 digits ",\"rdata\":" "}": 45 bytes.
+        p = w.room(48 + json_room(name.size(), name_plain) + json_room(type.size(), type_plain) +
+                   json_room(rdata.size(), rdata_plain));
+        if (!first) *p++ = ',';
         first = false;
-        j += "{\"name\":";
-        std::size_t plain = without_final_dot(rr.name);
-        if (printable_ascii(rr.name, false) && plain == rr.name.size() &&
-            std::none_of(rr.name.begin(), rr.name.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))
-            append_json_string(j, rr.name);
-        else
-            append_json_string(j, stored_name(rr.name));
-        j += ",\"type\":";
-        append_json_string(j, type_text(rr.type));
-        char ttl[16];
-        auto [end, ec] = std::to_chars(ttl, ttl + sizeof ttl, rr.ttl);
-        (void)ec;
-        j += ",\"ttl\":";
-        j.append(ttl, end);
-        j += ",\"rdata\":";
-        if (printable_ascii(rr.rdata, false)) append_json_string(j, rr.rdata);
-        else append_json_string(j, sanitize_text(rr.rdata, false));
-        j += '}';
+        p = put_literal(p, "{\"name\":");
+        p = name_plain ? put_quoted(p, name) : write_json_string(p, name);
+        p = put_literal(p, ",\"type\":");
+        p = type_plain ? put_quoted(p, type) : write_json_string(p, type);
+        p = put_literal(p, ",\"ttl\":");
+        p = std::to_chars(p, p + 10, rr.ttl).ptr;
+        p = put_literal(p, ",\"rdata\":");
+        p = rdata_plain ? put_quoted(p, rdata) : write_json_string(p, rdata);
+        *p++ = '}';
+        w.wrote(p);
     }
-    j += ']';
-    w.close_field(at);
+    p = w.room(1);
+    *p++ = ']';
+    w.wrote(p);
+    store32(w.at(field), static_cast<std::uint32_t>(w.size() - field - 4));
 }
 
 const Policy* policy_of(const RowSource& s) {
@@ -385,11 +492,15 @@ const DnstapMessage* zone_source(const RowSource& s) {
     return nullptr;
 }
 
-std::string error_text(const RowSource& s) {
-    std::string qe = s.q ? s.q->error : std::string();
-    std::string re = s.r ? s.r->error : std::string();
-    if (!qe.empty() && !re.empty()) return "query: " + qe + "; response: " + re;
-    return qe.empty() ? re : qe;
+void error_text(const RowSource& s, RowWriter& w) {
+    std::string_view qe = s.q ? std::string_view(s.q->error) : std::string_view();
+    std::string_view re = s.r ? std::string_view(s.r->error) : std::string_view();
+    if (!qe.empty() && !re.empty()) {
+        std::string both = "query: ";
+        both.append(qe).append("; response: ").append(re);
+        return opt_text(w, both);
+    }
+    opt_text(w, qe.empty() ? re : qe);
 }
 
 using W = RowWriter;
@@ -404,15 +515,16 @@ const std::array<Column, 35> columns = {{
     {"identity", [](const S& s, W& w) {
          if (s.any.identity.empty()) w.null(); else w.clean_text(s.any.identity, true);
      }},
-    {"kind", [](const S& s, W& w) { opt_text(w, kind_of(s.any.type)); }},
+    // kind_of, short_name and to_string give fixed printable words: text as they are.
+    {"kind", [](const S& s, W& w) { w.text(kind_of(s.any.type)); }},
     {"query_type", [](const S& s, W& w) {
-         if (s.e.query) opt_text(w, short_name(s.e.query->type)); else w.null();
+         if (s.e.query) w.text(short_name(s.e.query->type)); else w.null();
      }},
     {"response_type", [](const S& s, W& w) {
-         if (s.e.response) opt_text(w, short_name(s.e.response->type)); else w.null();
+         if (s.e.response) w.text(short_name(s.e.response->type)); else w.null();
      }},
     {"transport", [](const S& s, W& w) {
-         if (s.any.protocol == SocketProtocol::unknown) w.null(); else opt_text(w, to_string(s.any.protocol));
+         if (s.any.protocol == SocketProtocol::unknown) w.null(); else w.text(to_string(s.any.protocol));
      }},
     {"query_address", [](const S& s, W& w) { w.inet(s.any.query_address); }},
     {"query_port", [](const S& s, W& w) {
@@ -464,7 +576,7 @@ const std::array<Column, 35> columns = {{
          const Policy* p = policy_of(s);
          if (p) w.jsonb(policy_json(*p)); else w.null();
      }},
-    {"error", [](const S& s, W& w) { opt_text(w, error_text(s)); }},
+    {"error", [](const S& s, W& w) { error_text(s, w); }},
 }};
 
 }  // namespace
@@ -480,15 +592,24 @@ std::string exchange_copy_statement() {
     return sql + ") FROM STDIN (FORMAT binary)";
 }
 
-void append_exchange(const Exchange& e, EncodedBatch& out) {
+namespace {
+
+// One row through a writer of out.rows that may run ahead.
+void append_row(const Exchange& e, EncodedBatch& out, RowWriter& w) {
     if (!e.query && !e.response) return;
     RowSource s = make_source(e);
-    RowWriter w(out.rows);
     w.begin_row(static_cast<std::int16_t>(columns.size()));
     for (const auto& c : columns) c.encode(s, w);
-    out.row_end.push_back(static_cast<std::uint32_t>(out.rows.size()));
+    out.row_end.push_back(static_cast<std::uint32_t>(w.size()));
     out.messages.push_back(static_cast<std::uint8_t>(e.message_count()));
     out.times_us.push_back(s.time_us);
+}
+
+}  // namespace
+
+void append_exchange(const Exchange& e, EncodedBatch& out) {
+    RowWriter w(out.rows, true);
+    append_row(e, out, w);
 }
 
 namespace {
@@ -549,16 +670,46 @@ void stored_name_into(std::string& out, std::string_view presentation) {
         if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
 }
 
-void sanitized_into(std::string& out, std::string_view raw, bool escape_backslash) {
-    if (printable_ascii(raw, escape_backslash)) out.assign(raw);
-    else out = sanitize_text(raw, escape_backslash);
+// A name that is its own stored form: printable ASCII, lowercase, no final dot.
+bool is_stored_name(std::string_view s) noexcept {
+    return !swar::scan(s.data(), s.size(), [](std::uint64_t x) { return swar::unprintable(x) | swar::upper_flags(x); }) &&
+           without_final_dot(s) == s.size();
+}
+
+// The stored form of a name: the name itself when it is one already (owner names from the
+// DNS parser), else built in `scratch`.
+std::string_view stored_name_view(std::string& scratch, std::string_view presentation) {
+    if (is_stored_name(presentation)) return presentation;
+    stored_name_into(scratch, presentation);
+    return scratch;
+}
+
+// sanitize_text's result: raw itself when it is printable ASCII, else built in `scratch`.
+std::string_view sanitized_view(std::string& scratch, std::string_view raw, bool escape_backslash) {
+    if (printable_ascii(raw, escape_backslash)) return raw;
+    scratch = sanitize_text(raw, escape_backslash);
+    return scratch;
+}
+
+// Eight bytes at a time, finished by murmur3's mixer: good enough spread for the low bits
+// the table uses, cheaper than std::hash on these short strings.
+std::uint64_t hash_bytes(std::uint64_t h, std::string_view s) noexcept {
+    constexpr std::uint64_t k = 0x9e3779b97f4a7c15ull;
+    const char* d = s.data();
+    std::size_t n = s.size();
+    for (; n >= 8; d += 8, n -= 8) h = std::rotl((h ^ swar::load(d)) * k, 29);
+    std::uint64_t tail = 0;
+    for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(static_cast<unsigned char>(d[i])) << (8 * i);
+    return std::rotl((h ^ tail ^ (static_cast<std::uint64_t>(s.size()) << 56)) * k, 29);
 }
 
 std::uint64_t pdns_hash(std::string_view rrname, std::uint16_t rrtype, std::string_view rdata) noexcept {
-    std::hash<std::string_view> h;
-    std::uint64_t x = h(rrname);
-    x ^= rrtype + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
-    x ^= h(rdata) + 0x9e3779b97f4a7c15ull + (x << 6) + (x >> 2);
+    std::uint64_t x = hash_bytes(hash_bytes(rrtype, rrname), rdata);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
     return x;
 }
 
@@ -646,18 +797,22 @@ void PdnsAggregate::add(const Exchange& e) {
     if (r.answers.empty()) return;
     std::int64_t t = e.response->response_time_ns >= 0 ? ns_to_us(e.response->response_time_ns)
                                                        : exchange_time_us(e);
-    // Scratch strings reused across calls (per thread: workers aggregate in parallel).
-    thread_local std::string rrname, rdata, target, sensor, bailiwick;
-    sanitized_into(sensor, e.response->identity, true);
-    if (e.response->query_zone.empty()) bailiwick.clear();
-    else stored_name_into(bailiwick, e.response->query_zone);
+    // Scratch strings reused across calls (per thread: workers aggregate in parallel), for
+    // the few strings that are not their own stored form.
+    thread_local std::string rrname_store, rdata_store, target, sensor_store, bailiwick_store;
+    const std::string_view sensor = sanitized_view(sensor_store, e.response->identity, true);
+    const std::string_view bailiwick =
+        e.response->query_zone.empty() ? std::string_view() : stored_name_view(bailiwick_store, e.response->query_zone);
+    // This exchange's bailiwick and sensor as strings of the aggregate, made on first use.
+    Str bailiwick_str, sensor_str;
     for (const auto& rr : r.answers) {
         if (rr.rclass != 1) continue;  // IN only: other classes are not passive DNS data
-        stored_name_into(rrname, rr.name);
+        const std::string_view rrname = stored_name_view(rrname_store, rr.name);
         // Lone-name rdata (CNAME, NS, PTR, DNAME) is stored like owner names so pdns_rdata can
         // look it up by name.
-        if (rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39) stored_name_into(rdata, rr.rdata);
-        else sanitized_into(rdata, rr.rdata, false);
+        const std::string_view rdata = rr.type == 5 || rr.type == 2 || rr.type == 12 || rr.type == 39
+                                           ? stored_name_view(rdata_store, rr.rdata)
+                                           : sanitized_view(rdata_store, rr.rdata, false);
         // The unique btree index takes rows up to ~2.7 kB; longer records (big TXT) would fail
         // the whole upsert, so they stay out of pdns (they remain in exchange.answers).
         if (rrname.size() + rdata.size() > 2000) continue;
@@ -675,12 +830,30 @@ void PdnsAggregate::add(const Exchange& e) {
             v.last_us = std::max(v.last_us, t);
         }
         ++v.count;
-        if (!bailiwick.empty() && str(v.bailiwick) != bailiwick) v.bailiwick = intern(bailiwick, last_bailiwick_);
-        if (!sensor.empty() && str(v.sensor_id) != sensor) v.sensor_id = intern(sensor, last_sensor_);
+        // The latest exchange's bailiwick and sensor win (the same text when they are equal).
+        if (!bailiwick.empty()) {
+            if (!bailiwick_str.len) bailiwick_str = intern(bailiwick, last_bailiwick_);
+            v.bailiwick = bailiwick_str;
+        }
+        if (!sensor.empty()) {
+            if (!sensor_str.len) sensor_str = intern(sensor, last_sensor_);
+            v.sensor_id = sensor_str;
+        }
     }
 }
 
 void PdnsAggregate::merge(PdnsAggregate&& later) {
+    if (entries_.empty()) {
+        // Into an empty aggregate: taken whole (the same entries in the same order as adding
+        // them one by one), `later` keeping this one's storage.
+        entries_.swap(later.entries_);
+        slots_.swap(later.slots_);
+        arena_.swap(later.arena_);
+        std::swap(last_sensor_, later.last_sensor_);
+        std::swap(last_bailiwick_, later.last_bailiwick_);
+        later.clear();
+        return;
+    }
     for (const Entry& v : later.entries_) {
         bool fresh = false;
         std::uint32_t i = slot_for(v.hash, later.str(v.rrname), v.rrtype, later.str(v.rdata), fresh);
@@ -715,23 +888,77 @@ std::optional<PdnsAggregate::View> PdnsAggregate::find(std::string_view rrname, 
     return view(entries_[slots_[at] - 1]);
 }
 
+namespace {
+
+// Bytes [at, at + 8) of s as a big-endian number, zero-padded past the end: comparing two of
+// them orders the strings as a bytewise comparison would, or ties.
+std::uint64_t head8(std::string_view s, std::size_t at) noexcept {
+    if (at + 8 <= s.size()) {
+        std::uint64_t h = swar::load(s.data() + at);
+        return std::endian::native == std::endian::little ? __builtin_bswap64(h) : h;
+    }
+    std::uint64_t h = 0;
+    for (std::size_t i = at; i < at + 8; ++i) h = (h << 8) | (i < s.size() ? static_cast<unsigned char>(s[i]) : 0u);
+    return h;
+}
+
+}  // namespace
+
 void PdnsAggregate::sorted_order(std::vector<std::uint32_t>& order) const {
-    order.resize(entries_.size());
-    for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-    // By (rrname, rrtype, rdata) as text, bytewise: the order of the upsert's conflict key
-    // under COLLATE "C".
-    std::sort(order.begin(), order.end(), [this](std::uint32_t a, std::uint32_t b) {
-        const Entry& x = entries_[a];
-        const Entry& y = entries_[b];
-        if (int c = str(x.rrname).compare(str(y.rrname)); c != 0) return c < 0;
-        if (x.rrtype != y.rrtype) return type_text(x.rrtype) < type_text(y.rrtype);
-        return str(x.rdata) < str(y.rdata);
+    // By (rrname, rrtype text, rdata) bytewise: the order of the upsert's conflict key under
+    // COLLATE "C". Sorted as keys holding rrname's first 24 bytes as numbers, the rank of the
+    // type's text among the types present and rdata's first 8 bytes, so that nearly all
+    // comparisons are of integers, not strings.
+    struct Key {
+        std::array<std::uint64_t, 3> name;
+        std::uint64_t rdata;
+        std::uint32_t name_size, type_rank, entry;
+    };
+    constexpr std::size_t name_bytes = sizeof(Key::name);
+    std::vector<Key> keys(entries_.size());
+    // Types present, numbered in order of appearance: nearly all below 256.
+    std::vector<std::uint16_t> types;
+    std::array<std::uint32_t, 256> common;
+    common.fill(UINT32_MAX);
+    std::unordered_map<std::uint16_t, std::uint32_t> rare;
+    for (std::uint32_t i = 0; i < entries_.size(); ++i) {
+        const Entry& e = entries_[i];
+        std::uint32_t& number = e.rrtype < 256 ? common[e.rrtype] : rare.try_emplace(e.rrtype, UINT32_MAX).first->second;
+        if (number == UINT32_MAX) {
+            number = static_cast<std::uint32_t>(types.size());
+            types.push_back(e.rrtype);
+        }
+        const std::string_view name = str(e.rrname);
+        keys[i] = Key{{head8(name, 0), head8(name, 8), head8(name, 16)}, head8(str(e.rdata), 0), e.rrname.len, number, i};
+    }
+    std::vector<std::uint32_t> by_text(types.size());
+    for (std::uint32_t k = 0; k < by_text.size(); ++k) by_text[k] = k;
+    std::sort(by_text.begin(), by_text.end(),
+              [&](std::uint32_t a, std::uint32_t b) { return type_text(types[a]) < type_text(types[b]); });
+    std::vector<std::uint32_t> rank(types.size());
+    for (std::uint32_t r = 0; r < by_text.size(); ++r) rank[by_text[r]] = r;
+    for (Key& k : keys) k.type_rank = rank[k.type_rank];
+
+    std::sort(keys.begin(), keys.end(), [this](const Key& a, const Key& b) {
+        for (std::size_t k = 0; k < a.name.size(); ++k)  // integer compares, not a memcmp call
+            if (a.name[k] != b.name[k]) return a.name[k] < b.name[k];
+        // Equal prefixes: the names are equal when their sizes are and the prefix is all of
+        // them; else the whole names decide.
+        if (a.name_size != b.name_size || a.name_size > name_bytes) {
+            const int c = str(entries_[a.entry].rrname).compare(str(entries_[b.entry].rrname));
+            if (c != 0) return c < 0;
+        }
+        if (a.type_rank != b.type_rank) return a.type_rank < b.type_rank;
+        if (a.rdata != b.rdata) return a.rdata < b.rdata;
+        return str(entries_[a.entry].rdata) < str(entries_[b.entry].rdata);
     });
+    order.resize(keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) order[i] = keys[i].entry;
 }
 
 void PdnsAggregate::encode_rows(const std::vector<std::uint32_t>& order, std::string& out) const {
     out.reserve(out.size() + order.size() * 120);
-    RowWriter w(out);
+    RowWriter w(out, true);
     for (std::uint32_t i : order) {
         const Entry& v = entries_[i];
         w.begin_row(10);
@@ -827,8 +1054,9 @@ void encode_into(EncodedBatch& out, std::span<const Exchange> exchanges, bool wi
     out.messages.reserve(n);
     out.times_us.reserve(n);
     if (with_pdns) out.pdns_map.reserve(n);
+    RowWriter w(out.rows, true);
     for (const auto& e : exchanges) {
-        append_exchange(e, out);
+        append_row(e, out, w);
         if (with_pdns) out.pdns_map.add(e);
     }
 }
