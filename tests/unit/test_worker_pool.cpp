@@ -533,8 +533,12 @@ TEST_CASE("worker pool: a shutdown leaves the overflow backlog on disk and the n
         }
         std::vector<std::span<const std::uint8_t>> burst(500, std::span<const std::uint8_t>(frame));
         pool.offer_all(burst);
+        // The shutdown must begin before the worker is free again: released first, it can read
+        // the whole backlog back before drain_and_stop() closes its queue.
+        std::thread stopper([&pool] { pool.drain_and_stop(); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
         blocked.release();
-        pool.drain_and_stop();
+        stopper.join();
         left = first.overflow_frames.load();
     }
     INFO(first.summary());
