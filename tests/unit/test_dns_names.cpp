@@ -4,7 +4,6 @@
 // labels and junk.
 #include <catch2/catch.hpp>
 
-#include <cstdio>
 #include <random>
 #include <span>
 #include <string>
@@ -12,22 +11,13 @@
 #include <vector>
 
 #include "dns/dns_internal.hpp"
+#include "dns_compare.hpp"
 
 namespace dns_detail = dnstap_collector::dns_detail;
 
 namespace {
 
 using Bytes = std::vector<std::uint8_t>;
-
-std::string hex(std::span<const std::uint8_t> wire) {
-    std::string s;
-    char b[3];
-    for (const std::uint8_t c : wire) {
-        std::snprintf(b, sizeof b, "%02x", c);
-        s += b;
-    }
-    return s;
-}
 
 // read_name as it was before its table-driven loop, one octet at a time, with the libknot
 // style added by its definition: the reference for the faster one.
@@ -127,7 +117,7 @@ TEST_CASE("read_name and skip_name equal a byte-at-a-time reference", "[dns]") {
                 std::string got = "prefix", expected = "prefix";
                 const auto r = dns_detail::read_name(m.data(), len, pos, got, lowercase, true, style);
                 const auto e = reference_read_name(m.data(), len, pos, expected, lowercase, style);
-                INFO("message: " << hex({m.data(), len}) << " at " << pos);
+                INFO("message: " << dns_compare::hex({m.data(), len}) << " at " << pos);
                 REQUIRE(got == expected);
                 REQUIRE(r.error == e.error);
                 REQUIRE(r.next == e.next);
