@@ -641,29 +641,6 @@ bool opt_rdata_refused(const std::uint8_t* h) noexcept {
     return rd16(h + 8) == 0 && rd16(h + 2) == KNOT_CLASS_IN;
 }
 
-// Most queries are header + question + one OPT record. For those, building a knot_pkt_t is
-// most of the cost: wrap the OPT in a knot_rrset_t here and use the same knot_edns_* calls.
-// Returns false when the message is not of that shape (the caller then uses libknot).
-bool parse_lone_opt(Parser& ps, const std::uint8_t* w, std::size_t len, std::size_t pos,
-                    DnsMessage& m) {
-    if (m.ancount != 0 || m.nscount != 0 || m.arcount != 1) return false;
-    if (len - pos < 1 + rr_fixed_size || w[pos] != 0 || rd16(w + pos + 1) != KNOT_RRTYPE_OPT)
-        return false;
-    const std::uint8_t* h = w + pos + 1;
-    const std::size_t rdlength = rd16(h + 8);
-    if (pos + 1 + rr_fixed_size + rdlength != len || opt_rdata_refused(h)) return false;
-
-    knot_rrset_t opt;
-    if (!wrap_opt(ps, h, opt)) return false;
-    knot_edns_options_t* options = nullptr;
-    if (knot_edns_get_options(&opt, &options, &ps.mm) != KNOT_EOK) {
-        m.error = "bad_rr";  // what the libknot path reports for malformed options
-        return true;
-    }
-    read_edns(&opt, options, m);
-    return true;
-}
-
 // ---- records without libknot ---------------------------------------------------------------
 //
 // knot_pkt_parse is most of the cost of a response: on a capture of an authoritative BIND it
@@ -866,7 +843,7 @@ void read_answers(Parser& ps, const knot_pkt_t* pkt, DnsMessage& m) {
     }
 }
 
-// `direct`: try parse_lone_opt and parse_records_directly before libknot; `*took_direct`
+// `direct`: try parse_records_directly before libknot; `*took_direct`
 // (when given) says whether one of them produced the result.
 bool parse_message(std::span<const std::uint8_t> wire, DnsMessage& m, bool direct,
                    bool* took_direct = nullptr) {
@@ -927,7 +904,6 @@ bool parse_message(std::span<const std::uint8_t> wire, DnsMessage& m, bool direc
     Parser& ps = parser();
     if (direct) {
         if (took_direct != nullptr) *took_direct = true;
-        if (parse_lone_opt(ps, w, len, pos, m)) return m.error.empty();
         // libknot refuses pointers in the question: leave that message to it.
         if (!qname_compressed && parse_records_directly(ps, w, len, pos, m)) return true;
         if (took_direct != nullptr) *took_direct = false;
