@@ -387,12 +387,44 @@ void opt_text(RowWriter& w, std::string_view s) {
     else w.clean_text(s, false);
 }
 
-// s is printable ASCII without '"' and '\\' (and, with no_upper, without 'A'..'Z'): its own
-// JSON string content, and its own stored form.
-bool plain_json_text(std::string_view s, bool no_upper) noexcept {
-    auto plain = [](std::uint64_t x) { return swar::unprintable(x) | swar::equal(x, '"') | swar::equal(x, '\\'); };
-    if (no_upper) return !swar::scan(s.data(), s.size(), [&](std::uint64_t x) { return plain(x) | swar::upper_flags(x); });
-    return !swar::scan(s.data(), s.size(), plain);
+// stored_name into a reused string: no allocation once it has grown, when the name is
+// printable ASCII (nearly always).
+void stored_name_into(std::string& out, std::string_view presentation) {
+    if (!printable_ascii(presentation, false)) {
+        out = stored_name(presentation);
+        return;
+    }
+    out.assign(presentation.substr(0, without_final_dot(presentation)));
+    for (char& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+}
+
+// A name that is its own stored form: printable ASCII, lowercase, no final dot.
+bool is_stored_name(std::string_view s) noexcept {
+    return !swar::scan(s.data(), s.size(), [](std::uint64_t x) { return swar::unprintable(x) | swar::upper_flags(x); }) &&
+           without_final_dot(s) == s.size();
+}
+
+// The stored form of a name: the name itself when it is one already (owner names from the
+// DNS parser), else built in `scratch`.
+std::string_view stored_name_view(std::string& scratch, std::string_view presentation) {
+    if (is_stored_name(presentation)) return presentation;
+    stored_name_into(scratch, presentation);
+    return scratch;
+}
+
+// sanitize_text's result: raw itself when it is printable ASCII, else built in `scratch`.
+std::string_view sanitized_view(std::string& scratch, std::string_view raw, bool escape_backslash) {
+    if (printable_ascii(raw, escape_backslash)) return raw;
+    scratch = sanitize_text(raw, escape_backslash);
+    return scratch;
+}
+
+// s is printable ASCII without '"' and '\\': its own JSON string content.
+bool plain_json_text(std::string_view s) noexcept {
+    return !swar::scan(s.data(), s.size(), [](std::uint64_t x) {
+        return swar::unprintable(x) | swar::equal(x, '"') | swar::equal(x, '\\');
+    });
 }
 
 inline char* put_literal(char* p, std::string_view s) noexcept {
@@ -414,8 +446,8 @@ constexpr std::size_t json_room(std::size_t size, bool plain) noexcept { return 
 
 // The answers as jsonb, built in place: [{"name","type","ttl","rdata"}, ...]. Names from the
 // DNS parser are stored names already (lowercase, no final dot) and rdata is nearly always
-// printable without quotes: both are then copied as they are, and only other strings go
-// through stored_name, sanitize_text and escaping.
+// printable without quotes: both are then copied as they are, and only other strings are
+// rebuilt (stored_name_into, sanitize_text) or escaped.
 void answers_jsonb(RowWriter& w, const DnsMessage& m) {
     const std::size_t field = w.size();
     char* p = w.room(6);
@@ -426,21 +458,12 @@ void answers_jsonb(RowWriter& w, const DnsMessage& m) {
     std::string name_store, rdata_store;  // only for names and rdata that are not plain
     bool first = true;
     for (const auto& rr : m.answers) {
-        std::string_view name = rr.name;
-        const bool name_plain = plain_json_text(name, true) && !(name.size() > 1 && name.back() == '.');
-        if (!name_plain && !(printable_ascii(name, false) && without_final_dot(name) == name.size() &&
-                             std::none_of(name.begin(), name.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))) {
-            name_store = stored_name(name);
-            name = name_store;
-        }
+        const std::string_view name = stored_name_view(name_store, rr.name);
+        const bool name_plain = plain_json_text(name);
         const std::string& type = type_text(rr.type);
-        const bool type_plain = plain_json_text(type, false);
-        std::string_view rdata = rr.rdata;
-        const bool rdata_plain = plain_json_text(rdata, false);
-        if (!rdata_plain && !printable_ascii(rdata, false)) {
-            rdata_store = sanitize_text(rdata, false);
-            rdata = rdata_store;
-        }
+        const bool type_plain = plain_json_text(type);
+        const std::string_view rdata = sanitized_view(rdata_store, rr.rdata, false);
+        const bool rdata_plain = plain_json_text(rdata);
         // ",{\"name\":" ",\"type\":" ",\"ttl\":" 10 digits ",\"rdata\":" "}": 45 bytes.
         p = w.room(48 + json_room(name.size(), name_plain) + json_room(type.size(), type_plain) +
                    json_room(rdata.size(), rdata_plain));
@@ -656,39 +679,6 @@ std::string_view target_field(std::uint16_t type, std::string_view rdata) {
     std::string_view target = field == 1 ? rdata : nth_field(rdata, field);
     if (target.empty() || target == "." || target.front() == '"') return {};
     return target;
-}
-
-// stored_name into a reused string: no allocation once it has grown, when the name is
-// printable ASCII (nearly always).
-void stored_name_into(std::string& out, std::string_view presentation) {
-    if (!printable_ascii(presentation, false)) {
-        out = stored_name(presentation);
-        return;
-    }
-    out.assign(presentation.substr(0, without_final_dot(presentation)));
-    for (char& c : out)
-        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
-}
-
-// A name that is its own stored form: printable ASCII, lowercase, no final dot.
-bool is_stored_name(std::string_view s) noexcept {
-    return !swar::scan(s.data(), s.size(), [](std::uint64_t x) { return swar::unprintable(x) | swar::upper_flags(x); }) &&
-           without_final_dot(s) == s.size();
-}
-
-// The stored form of a name: the name itself when it is one already (owner names from the
-// DNS parser), else built in `scratch`.
-std::string_view stored_name_view(std::string& scratch, std::string_view presentation) {
-    if (is_stored_name(presentation)) return presentation;
-    stored_name_into(scratch, presentation);
-    return scratch;
-}
-
-// sanitize_text's result: raw itself when it is printable ASCII, else built in `scratch`.
-std::string_view sanitized_view(std::string& scratch, std::string_view raw, bool escape_backslash) {
-    if (printable_ascii(raw, escape_backslash)) return raw;
-    scratch = sanitize_text(raw, escape_backslash);
-    return scratch;
 }
 
 // Eight bytes at a time, finished by murmur3's mixer: good enough spread for the low bits
