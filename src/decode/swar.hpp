@@ -34,12 +34,13 @@ constexpr std::uint64_t non_ascii(std::uint64_t x) noexcept { return x & highs; 
 constexpr std::uint64_t unprintable(std::uint64_t x) noexcept {
     return non_ascii(x) | below(x, 0x20) | equal(x, 0x7f);
 }
-// The flags (0x80 per byte) of the bytes 'A'..'Z', exact per byte when every byte is ASCII
-// (no carry crosses a byte).
+// The flags (0x80 per byte) of the bytes 'A'..'Z', exact per byte: the sums are taken over
+// the low seven bits, so no carry crosses a byte, and bytes of 0x80 and above are masked out.
 constexpr std::uint64_t upper_flags(std::uint64_t x) noexcept {
-    return (x + ones * (0x80 - 'A')) & ~(x + ones * (0x80 - 'Z' - 1)) & highs;
+    const std::uint64_t low7 = x & ~highs;
+    return (low7 + ones * (0x80 - 'A')) & ~(low7 + ones * (0x80 - 'Z' - 1)) & ~x & highs;
 }
-// ASCII letters lowercased (every byte ASCII).
+// ASCII letters lowercased, every other byte unchanged.
 constexpr std::uint64_t lower(std::uint64_t x) noexcept { return x | (upper_flags(x) >> 2); }
 
 // The OR of test(word) over words made of the bytes of s only, which together hold every

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "decode/swar.hpp"
 #include "dnstap_collector/metrics.hpp"
 
 namespace dnstap_collector {
@@ -24,17 +25,6 @@ inline std::uint64_t load_tail(const char* p, std::size_t n) noexcept {
     return w;
 }
 
-// ASCII A-Z -> a-z in each byte of w, other bytes unchanged.
-inline std::uint64_t fold_word(std::uint64_t w) noexcept {
-    constexpr std::uint64_t ones = 0x0101010101010101ull;
-    constexpr std::uint64_t high = 0x8080808080808080ull;
-    const std::uint64_t low7 = w & ~high;
-    const std::uint64_t ge_a = low7 + ones * (0x80 - 'A');   // high bit set if byte >= 'A'
-    const std::uint64_t gt_z = low7 + ones * (0x7F - 'Z');   // high bit set if byte > 'Z'
-    const std::uint64_t upper = ge_a & ~gt_z & ~w & high;    // and the byte is ASCII
-    return w | (upper >> 2);                                 // 0x80 >> 2 == 0x20
-}
-
 std::uint64_t hash_text(std::uint64_t h, std::string_view s, bool fold) noexcept {
     const char* p = s.data();
     std::size_t n = s.size();
@@ -42,11 +32,11 @@ std::uint64_t hash_text(std::uint64_t h, std::string_view s, bool fold) noexcept
     for (; n >= 8; p += 8, n -= 8) {
         std::uint64_t w;
         std::memcpy(&w, p, 8);
-        h = mix(h, fold ? fold_word(w) : w);
+        h = mix(h, fold ? swar::lower(w) : w);
     }
     if (n) {
         const std::uint64_t w = load_tail(p, n);
-        h = mix(h, fold ? fold_word(w) : w);
+        h = mix(h, fold ? swar::lower(w) : w);
     }
     return h;
 }
