@@ -420,11 +420,13 @@ std::string_view sanitized_view(std::string& scratch, std::string_view raw, bool
     return scratch;
 }
 
-// s is printable ASCII without '"' and '\\': its own JSON string content.
-bool plain_json_text(std::string_view s) noexcept {
-    return !swar::scan(s.data(), s.size(), [](std::uint64_t x) {
-        return swar::unprintable(x) | swar::equal(x, '"') | swar::equal(x, '\\');
-    });
+// s is printable ASCII without '"' and '\\' (and, with no_upper, without 'A'..'Z'): its own
+// JSON string content.
+bool plain_json_text(std::string_view s, bool no_upper = false) noexcept {
+    auto special = [](std::uint64_t x) { return swar::unprintable(x) | swar::equal(x, '"') | swar::equal(x, '\\'); };
+    if (no_upper)
+        return !swar::scan(s.data(), s.size(), [&](std::uint64_t x) { return special(x) | swar::upper_flags(x); });
+    return !swar::scan(s.data(), s.size(), special);
 }
 
 inline char* put_literal(char* p, std::string_view s) noexcept {
@@ -458,12 +460,21 @@ void answers_jsonb(RowWriter& w, const DnsMessage& m) {
     std::string name_store, rdata_store;  // only for names and rdata that are not plain
     bool first = true;
     for (const auto& rr : m.answers) {
-        const std::string_view name = stored_name_view(name_store, rr.name);
-        const bool name_plain = plain_json_text(name);
+        // Nearly always one scan each: the string is already stored form and plain JSON.
+        std::string_view name = rr.name;
+        bool name_plain = plain_json_text(name, /*no_upper=*/true) && without_final_dot(name) == name.size();
+        if (!name_plain) {
+            name = stored_name_view(name_store, rr.name);
+            name_plain = plain_json_text(name);
+        }
         const std::string& type = type_text(rr.type);
         const bool type_plain = plain_json_text(type);
-        const std::string_view rdata = sanitized_view(rdata_store, rr.rdata, false);
-        const bool rdata_plain = plain_json_text(rdata);
+        std::string_view rdata = rr.rdata;
+        bool rdata_plain = plain_json_text(rdata);
+        if (!rdata_plain) {
+            rdata = sanitized_view(rdata_store, rr.rdata, false);
+            rdata_plain = plain_json_text(rdata);
+        }
         // ",{\"name\":" ",\"type\":" ",\"ttl\":" 10 digits ",\"rdata\":" "}": 45 bytes.
         p = w.room(48 + json_room(name.size(), name_plain) + json_room(type.size(), type_plain) +
                    json_room(rdata.size(), rdata_plain));
