@@ -72,6 +72,11 @@ struct PostgresOptions {
     // before COMMIT: rows are visible at most commit_interval after they reach the sink
     // (plus the COMMIT itself). Rows are sent as soon as they are queued.
     std::chrono::milliseconds commit_interval{500};
+    // The pdns upsert costs the server about the same for a record seen once or a thousand
+    // times, so under load the aggregate is carried over several transactions: the next
+    // upsert comes no sooner than 20 times the last one took, and at most this long after
+    // it (0: every transaction). Light traffic still sees pdns at each COMMIT.
+    std::chrono::milliseconds pdns_max_delay{5000};
     std::size_t queue_rows = 50'000;                      // rows waiting for the writer (encoded: ~350 bytes each)
     PartitionWidth partition_width = PartitionWidth::day;
     int partitions_ahead = 3;

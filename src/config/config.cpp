@@ -232,6 +232,9 @@ const std::vector<Option>& options() {
          [](Config& c, const std::string& v) { pg(c).commit_interval = parse_seconds(v, "flush interval"); }},
         {"commit-interval", 0, "postgres.commit_interval", true, "seconds batches stream into one transaction before COMMIT (default 0.5)",
          [](Config& c, const std::string& v) { pg(c).commit_interval = parse_seconds(v, "commit interval"); }},
+        {"pdns-max-delay", 0, "postgres.pdns_max_delay", true,
+         "seconds the pdns upsert may wait under load, carried over transactions (default 5; 0: every COMMIT)",
+         [](Config& c, const std::string& v) { pg(c).pdns_max_delay = parse_seconds(v, "pdns max delay"); }},
         {"partition", 0, "postgres.partition", true, "partition width: day or hour (default day)",
          [](Config& c, const std::string& v) {
              if (v == "day") pg(c).partition_width = PartitionWidth::day;

@@ -51,6 +51,8 @@ constexpr auto cancel_grace = 2s;
 // fewer pdns upserts, each of which rewrites every record seen; 64 MiB keeps an import's
 // peak RSS near 150 MiB.
 constexpr std::size_t txn_max_bytes = 64u << 20;
+// Records held for a later pdns upsert beyond which it is due at once (~130 bytes each).
+constexpr std::size_t pdns_hold_max = 200'000;
 // Emptied batches kept for reuse: enough for a commit interval of a busy server.
 constexpr std::size_t spare_max_bytes = 32u << 20;
 
@@ -186,6 +188,10 @@ struct PostgresSink::Impl {
         std::string pdns_rows;  // the encoded aggregate, storage reused
         bool active() const noexcept { return !batches.empty(); }
     } txn;
+    // pdns of committed transactions whose upsert is not due yet (see pdns_max_delay), and
+    // when it is.
+    copy::PdnsAggregate held_pdns;
+    Clock::time_point pdns_due{};
     std::vector<std::unique_ptr<copy::EncodedBatch>> chunks;  // taken from the queue, per turn
     // Where the writer's time goes (logged at debug level when it stops).
     struct Phases {
@@ -447,7 +453,8 @@ struct PostgresSink::Impl {
         metrics.drop(why, b.message_total());
         std::uint64_t suppressed = 0;
         if (drop_log.allow(suppressed))
-            log::warning("dropped " + std::to_string(b.message_total()) + " messages (" +
+            log::warning("dropped " + std::to_string(b.message_total()) + " messages" +
+                         (b.pdns_count ? " and " + std::to_string(b.pdns_count) + " pdns records" : "") + " (" +
                          std::string(to_string(why)) + ")" +
                          (suppressed ? ", " + std::to_string(suppressed) + " similar not shown" : ""));
     }
@@ -581,15 +588,38 @@ struct PostgresSink::Impl {
         }
     }
 
-    // COPY end, the pdns merge of the whole transaction, COMMIT.
+    // The pdns upsert is due: its time has come, the held aggregate is large, or the writer
+    // is stopping.
+    bool pdns_upsert_due(std::size_t more) {
+        if (opt.pdns_max_delay.count() == 0 || Clock::now() >= pdns_due ||
+            held_pdns.size() + more >= pdns_hold_max)
+            return true;
+        std::lock_guard lock(mu);
+        return closing;
+    }
+
+    // After an upsert that took `took`: the next no sooner than 20 times that (the upsert
+    // then takes at most ~5% of the writer's time), and no later than pdns_max_delay.
+    void schedule_pdns(Clock::duration took) {
+        pdns_due = Clock::now() + std::min<Clock::duration>(took * 20, opt.pdns_max_delay);
+    }
+
+    // COPY end, the pdns upsert when due (of this transaction and those held), COMMIT.
     void commit_txn() {
         {
             Timer t{phases.copy};
             conn->copy_put(copy::trailer(), false);
         }
+        const bool upsert = pdns_upsert_due(txn.pdns.size());
+        if (upsert && !held_pdns.empty()) {
+            // Held first: the later exchanges' bailiwick and sensor win. Should this
+            // transaction fail, what was held goes with its rows (fail_txn).
+            held_pdns.merge(std::move(txn.pdns));
+            txn.pdns.merge(std::move(held_pdns));
+        }
         // Sorted and encoded while the server reads the last rows of the COPY.
         txn.pdns_rows.clear();
-        if (!txn.pdns.empty()) {
+        if (upsert && !txn.pdns.empty()) {
             Timer t{phases.encode};
             txn.pdns.encode(txn.pdns_rows);
         }
@@ -597,17 +627,33 @@ struct PostgresSink::Impl {
             Timer t{phases.copy};
             conn->copy_end();
         }
-        if (!txn.pdns.empty()) {
-            Timer t{phases.pdns};
-            conn->copy_in(stage_copy_sql, {copy::header(), txn.pdns_rows, copy::trailer()});
-            Timer u{phases.upsert};
-            conn->exec(upsert_pdns_sql);
+        if (upsert && !txn.pdns.empty()) {
+            const auto t0 = Clock::now();
+            {
+                Timer t{phases.pdns};
+                conn->copy_in(stage_copy_sql, {copy::header(), txn.pdns_rows, copy::trailer()});
+                Timer u{phases.upsert};
+                conn->exec(upsert_pdns_sql);
+            }
+            schedule_pdns(Clock::now() - t0);
         }
         commit();
         ++phases.transactions;
         for (const auto& b : txn.batches) account(*b, 0, b->size());
         finish(txn.started);
+        if (!upsert) held_pdns.merge(std::move(txn.pdns));
         reset_txn();
+    }
+
+    // The held pdns alone, in a transaction of its own (traffic paused, or shutdown): the
+    // database, else the spool, like any batch.
+    void flush_held_pdns() {
+        copy::EncodedBatch b;
+        b.pdns_map.merge(std::move(held_pdns));
+        b.encode_pdns();
+        const auto t0 = Clock::now();
+        handle(std::move(b));
+        schedule_pdns(Clock::now() - t0);
     }
 
     void end_txn() {
@@ -697,7 +743,9 @@ struct PostgresSink::Impl {
         for (;;) {
             bool finished = false;
             auto idle = spool && !spool->empty() ? 100ms : 1000ms;
-            take(txn.active() ? txn.commit_at : Clock::now() + idle, finished);
+            auto until = txn.active() ? txn.commit_at : Clock::now() + idle;
+            if (!txn.active() && !held_pdns.empty()) until = std::min(until, pdns_due);
+            take(until, finished);
             try {
                 if (!chunks.empty()) {
                     ++phases.batches;
@@ -707,6 +755,7 @@ struct PostgresSink::Impl {
                 if (txn.active() && (finished || Clock::now() >= txn.commit_at || txn.bytes >= txn_max_bytes ||
                                      past_deadline()))
                     end_txn();
+                if (!txn.active() && !held_pdns.empty() && (finished || pdns_upsert_due(0))) flush_held_pdns();
             } catch (const std::exception& e) {
                 log::error(std::string("postgres writer: ") + e.what());
                 std::uint64_t n = 0;

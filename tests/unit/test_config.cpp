@@ -96,6 +96,18 @@ TEST_CASE("flush_interval of an older configuration sets the commit interval") {
               .postgres->commit_interval == std::chrono::seconds(2));
 }
 
+TEST_CASE("pdns-max-delay takes seconds, 0 upserts pdns at every COMMIT") {
+    CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x"}).postgres->pdns_max_delay ==
+          std::chrono::seconds(5));
+    CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--pdns-max-delay", "0"})
+              .postgres->pdns_max_delay == std::chrono::milliseconds(0));
+    const auto file = write_file("[postgres]\nconninfo = \"dbname=x\"\npdns_max_delay = 2.5\n");
+    auto c = parse({"serve", "-u", "/run/a.sock", "--config", file});
+    std::remove(file.c_str());
+    CHECK(c.postgres->pdns_max_delay == std::chrono::milliseconds(2500));
+    CHECK_THROWS(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--pdns-max-delay", "soon"}));
+}
+
 TEST_CASE("queue-bytes bounds the frame queue and refuses a budget under 1 MiB") {
     CHECK(parse({"serve", "-u", "/run/a.sock", "-w", "/tmp/x", "--queue-bytes", "16777216"}).pipeline.queue_bytes ==
           16u << 20);
