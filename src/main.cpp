@@ -163,8 +163,6 @@ int run_serve(Config& config, int argc, char** argv) {
     SinkSet sinks;
     if (config.postgres) {
         config.postgres->storage = config.pipeline.storage;
-        // Workers whose input overflows to disk can wait for a writer that is slow but moving.
-        config.postgres->wait_while_writing = !config.pipeline.overflow_dir.empty();
         postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);
         postgres->start();
     }

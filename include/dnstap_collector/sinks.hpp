@@ -90,8 +90,10 @@ struct PostgresOptions {
     // The writer thread, and the backend when it runs on this host (Unix socket).
     StoragePriority storage;
     // consume() waits for room as long as the database (or the spool) takes rows, instead of
-    // dropping after a bound: for a pool whose queues overflow to disk. Until stop_waiting().
-    bool wait_while_writing = false;
+    // dropping after a bound: a stall of the database is then absorbed by the pool's queues
+    // (or its overflow files) in front of the workers before anything is dropped. Until
+    // stop_waiting(). False: the bounded wait (200 ms), then sink_full.
+    bool wait_while_writing = true;
 };
 
 // Applies schema/NNN_*.sql in order under an advisory lock; idempotent; throws

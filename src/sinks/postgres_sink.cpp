@@ -802,9 +802,10 @@ struct PostgresSink::Impl {
                 if (opt.wait_for_room) {
                     has_room.wait(lock, room);
                 } else if (opt.wait_while_writing) {
-                    // The worker's input overflows to disk meanwhile: wait while the rows have
-                    // somewhere to go, however slowly (a writer at low priority on a busy host).
-                    // Without the database or a spool, or once shutdown begins, the usual bound.
+                    // The worker's queue (and its overflow file) fills meanwhile: wait while the
+                    // rows have somewhere to go, however slowly (a database stalled by a
+                    // checkpoint, a writer at low priority on a busy host). Without the database
+                    // or a spool, or once shutdown begins, the usual bound.
                     while (!has_room.wait_until(lock, Clock::now() + consume_wait, room)) {
                         const bool can_store = metrics.database_up.load(std::memory_order_relaxed) != 0 || spool;
                         if (!can_store || stop_waiting_) break;
