@@ -347,6 +347,17 @@ collector_stat() {
     | grep -oE "(^|[[:space:]])$1=[0-9]+" | head -n 1 | cut -d= -f2
 }
 
+# metric NAME: the first sample of NAME on the collector's /metrics at 127.0.0.1:$MPORT (empty
+# when it does not answer); dropped_total: dnstap_collector_dropped_total summed over reasons.
+metric() {
+  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
+    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
+}
+dropped_total() {
+  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
+    | awk '/^dnstap_collector_dropped_total/ { t += $2 } END { print t + 0 }'
+}
+
 # start_capture SOCKET FILE: fstrm_capture as a stand-in receiver, e.g. to check what named
 # really sends (read FILE with dnstap-read afterwards, once stop_capture has run).
 start_capture() {

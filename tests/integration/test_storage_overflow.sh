@@ -22,14 +22,6 @@ OVERFLOW="$WORK/overflow"
 COLLECTOR_ARGS=(--metrics "127.0.0.1:$MPORT" --overflow-dir "$OVERFLOW" --queue-frames 64 --queue-rows 200
                 --batch-rows 100 --storage-nice 10 --workers 2)
 
-metric() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'
-}
-dropped_total() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk '/^dnstap_collector_dropped_total/ { t += $2 } END { print t + 0 }'
-}
 ROWS="dnstap.exchange WHERE identity = '$NAME' AND qname IS DISTINCT FROM '$PROBE_QNAME'"
 
 start_postgres

@@ -10,14 +10,6 @@ NAME=ns1
 N=3000      # distinct queries sent while writes are blocked
 QPS=1000
 MPORT="$(free_port)"
-metric() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'
-}
-dropped_total() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk '/^dnstap_collector_dropped_total/ { t += $2 } END { print t + 0 }'
-}
 ROWS="dnstap.exchange WHERE identity = '$NAME' AND qname LIKE 'stall-%'"
 
 start_postgres
