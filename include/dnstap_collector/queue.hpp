@@ -145,7 +145,7 @@ public:
                 }
                 if (n > 0) {
                     batch.truncate(n);
-                    was_empty = was_empty || items_.empty();
+                    was_empty = was_empty || items_.empty() || gathered_now(n, batch.bytes.size());
                     frames_ += n;
                     bytes_ += batch.bytes.size();
                     items_.push_back(std::move(batch));
@@ -181,7 +181,7 @@ public:
                 batch.clear();
                 return all;
             }
-            was_empty = items_.empty();
+            was_empty = items_.empty() || gathered_now(batch.frames(), batch.bytes.size());
             frames_ += batch.frames();
             bytes_ += batch.bytes.size();
             items_.push_back(std::move(batch));
@@ -196,7 +196,19 @@ public:
     // the timeout passes or close(), and swaps the backlog in (frames in memory first, then a
     // slice of the overflow file). False once closed and memory is empty: frames still in the
     // overflow file are left there (OverflowFile takes them up at the next start).
+    //
+    // With a Gather, a wake-up that finds less than its frames or bytes waits up to its time
+    // for more: every wake-up of the worker costs it caches the other processes of a busy
+    // host evicted meanwhile, and a sender flushing small writes (named's default 8 KiB)
+    // would otherwise wake it for a few dozen frames each time.
+    struct Gather {
+        std::size_t frames = 0, bytes = 0;
+        std::chrono::milliseconds time{0};
+    };
     bool pop_all(std::vector<FrameBatch>& batches, std::chrono::milliseconds timeout) {
+        return pop_all(batches, timeout, Gather{});
+    }
+    bool pop_all(std::vector<FrameBatch>& batches, std::chrono::milliseconds timeout, Gather gather) {
         std::unique_lock lock(mutex_);
         for (auto& spent : batches)
             if (spares_.size() < max_spares && spent.bytes.capacity() <= max_spare_bytes) {
@@ -206,6 +218,12 @@ public:
         batches.clear();
         if (items_.empty() && !spilling_ && !closed_)
             ready_.wait_for(lock, timeout, [&] { return !items_.empty() || spilling_ || closed_; });
+        if (gather.time.count() > 0 && !items_.empty() && !spilling_ && !closed_) {
+            // Never so much that pushes would find the queue full meanwhile.
+            gather_ = {std::min(gather.frames, max_frames_ / 2), std::min(gather.bytes, max_bytes_ / 2), gather.time};
+            ready_.wait_for(lock, gather.time, [&] { return gathered() || spilling_ || closed_; });
+            gather_ = Gather{};
+        }
         if (!items_.empty()) {
             batches.swap(items_);
             frames_ = 0;
@@ -266,6 +284,13 @@ private:
         }
         return lo;
     }
+    bool gathered() const noexcept { return frames_ >= gather_.frames || bytes_ >= gather_.bytes; }
+    // Whether adding this many frames and bytes completes what the worker gathers for (it
+    // then waits for a notify that an empty queue alone would not send).
+    bool gathered_now(std::size_t frames, std::size_t bytes) const noexcept {
+        return gather_.time.count() > 0 && !gathered() &&
+               (frames_ + frames >= gather_.frames || bytes_ + bytes >= gather_.bytes);
+    }
     FrameBatch take_spare() {
         if (spares_.empty()) return {};
         FrameBatch b = std::move(spares_.back());
@@ -281,6 +306,7 @@ private:
     std::size_t frames_ = 0, bytes_ = 0;
     const std::size_t max_frames_, max_bytes_;
     bool closed_ = false;
+    Gather gather_;  // while the worker waits for a fuller batch
     std::unique_ptr<OverflowFile> overflow_;
     bool spilling_ = false;             // frames are in the file: new ones go there too
     std::uint64_t spilled_frames_ = 0;  // frames in the file not yet read

@@ -40,6 +40,10 @@ unsigned default_workers() {
 }
 constexpr std::size_t max_rows_per_handoff = 4096;
 constexpr std::chrono::milliseconds idle_wakeup{100};  // expiry runs at least this often
+// A wake-up that finds fewer frames waits this long at most for more (see pop_all): 50 ms
+// more on the way to the database, a fifth less CPU per frame next to a busy named that
+// flushes small writes (docs/benchmarks.md).
+constexpr FrameBatchQueue::Gather gather{8192, 1024 * 1024, std::chrono::milliseconds(50)};
 
 // A batch is handed over at the end of each offer_all(), or for push_wait() once it holds this much.
 constexpr std::size_t wait_batch_frames = 256;
@@ -191,7 +195,7 @@ struct WorkerPool::Impl {
         std::vector<FrameBatch> batches;
         bool open = true;
         while (open) {
-            open = worker.queue.pop_all(batches, idle_wakeup);
+            open = worker.queue.pop_all(batches, idle_wakeup, gather);
             if (options.decode) {
                 for (const FrameBatch& batch : batches)
                     for (std::size_t i = 0; i < batch.frames(); ++i) process(batch.frame(i), pairer);

@@ -368,6 +368,92 @@ std::uint32_t number_of(std::span<const std::uint8_t> f) {
 
 }  // namespace
 
+namespace {
+using Ms = std::chrono::milliseconds;
+
+std::size_t frames_in(const std::vector<FrameBatch>& batches) {
+    std::size_t n = 0;
+    for (const auto& b : batches) n += b.frames();
+    return n;
+}
+}  // namespace
+
+TEST_CASE("frame queue: a wake-up that finds few frames waits for more, at most the gather time",
+          "[worker_pool][gather]") {
+    FrameBatchQueue queue(1000, 1u << 20);
+    FrameBatch batch = numbered_frames(0, 3);
+    REQUIRE(queue.push(batch) == 3);
+    std::vector<FrameBatch> popped;
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(queue.pop_all(popped, Ms(0), {100, 1u << 20, Ms(150)}));
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    CHECK(frames_in(popped) == 3);  // what was there, once the time is up
+    CHECK(waited >= Ms(140));
+    CHECK(waited < Ms(5000));
+}
+
+TEST_CASE("frame queue: the push that completes a gathered batch wakes the worker at once",
+          "[worker_pool][gather]") {
+    FrameBatchQueue queue(1000, 1u << 20);
+    FrameBatch first = numbered_frames(0, 3);
+    REQUIRE(queue.push(first) == 3);
+    std::thread producer([&] {
+        std::this_thread::sleep_for(Ms(50));
+        FrameBatch few = numbered_frames(3, 10);
+        queue.push(few);  // not enough yet: no wake-up needed
+        std::this_thread::sleep_for(Ms(50));
+        FrameBatch rest = numbered_frames(13, 100);
+        queue.push(rest);
+    });
+    std::vector<FrameBatch> popped;
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(queue.pop_all(popped, Ms(0), {100, 1u << 20, Ms(20000)}));
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    producer.join();
+    CHECK(frames_in(popped) == 113);
+    CHECK(waited < Ms(10000));  // woken by the push, not by the 20 s gather time
+    std::uint32_t next = 0;
+    for (const auto& b : popped)
+        for (std::size_t i = 0; i < b.frames(); ++i) CHECK(number_of(b.frame(i)) == next++);
+}
+
+TEST_CASE("frame queue: gathering never waits for more than half the queue's room",
+          "[worker_pool][gather]") {
+    // A small queue would otherwise fill while the worker waits, and pushes be refused.
+    FrameBatchQueue by_frames(10, 1u << 20);
+    FrameBatch five = numbered_frames(0, 5);
+    REQUIRE(by_frames.push(five) == 5);
+    std::vector<FrameBatch> popped;
+    auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(by_frames.pop_all(popped, Ms(0), {2048, 1u << 20, Ms(20000)}));
+    CHECK(frames_in(popped) == 5);
+    CHECK(std::chrono::steady_clock::now() - t0 < Ms(10000));
+
+    FrameBatchQueue by_bytes(1000, 200);
+    FrameBatch large = numbered_frames(30, 5);  // 34..38 bytes each: 180 of the 200
+    REQUIRE(by_bytes.push(large) == 5);
+    t0 = std::chrono::steady_clock::now();
+    REQUIRE(by_bytes.pop_all(popped, Ms(0), {2048, 1u << 20, Ms(20000)}));
+    CHECK(frames_in(popped) == 5);
+    CHECK(std::chrono::steady_clock::now() - t0 < Ms(10000));
+}
+
+TEST_CASE("frame queue: close() ends a gathering wait", "[worker_pool][gather]") {
+    FrameBatchQueue queue(1000, 1u << 20);
+    FrameBatch one = numbered_frames(0, 1);
+    REQUIRE(queue.push(one) == 1);
+    std::thread closer([&] {
+        std::this_thread::sleep_for(Ms(50));
+        queue.close();
+    });
+    std::vector<FrameBatch> popped;
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(queue.pop_all(popped, Ms(0), {100, 1u << 20, Ms(20000)}));
+    closer.join();
+    CHECK(frames_in(popped) == 1);  // what memory held still comes out
+    CHECK(std::chrono::steady_clock::now() - t0 < Ms(10000));
+}
+
 TEST_CASE("frame queue: frames beyond the memory bound wait in the overflow file and come out in order",
           "[worker_pool][overflow]") {
     TempDir dir;
