@@ -1047,9 +1047,9 @@ void EncodedBatch::clear() {
 }
 
 void encode_into(EncodedBatch& out, std::span<const Exchange> exchanges, bool with_pdns) {
-    // Room for a worker's full hand-off (512 exchanges) from the start: a reused batch then
-    // never grows, and the rows stay below the mmap threshold (256 KiB).
-    std::size_t n = std::max<std::size_t>(out.size() + exchanges.size(), 512);
+    // Room for a worker's hand-off (48 exchanges, see worker_pool.cpp) and then some from the
+    // start: a reused batch then rarely grows, and the rows stay below the mmap threshold.
+    std::size_t n = std::max<std::size_t>(out.size() + exchanges.size(), 64);
     out.rows.reserve(n * 400);  // typical rows are 250..400 bytes
     out.row_end.reserve(n);
     out.messages.reserve(n);
