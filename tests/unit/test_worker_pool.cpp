@@ -265,7 +265,9 @@ std::pair<std::uint64_t, std::uint64_t> offer_to_blocked_worker(PipelineOptions 
             metrics.frames_received.fetch_add(1);
             pool.offer(f);
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        // One round at a time: the worker gathers frames for up to 50 ms before taking them,
+        // and rounds offered meanwhile would be left in the queue, holding room.
+        for (int wait = 0; wait < 300 && !sink.entered(); ++wait) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     auto& queue_full = metrics.dropped[static_cast<std::size_t>(DropReason::queue_full)];
     const std::uint64_t accepted_before = metrics.frames_accepted.load(), dropped_before = queue_full.load();
@@ -371,47 +373,56 @@ std::uint32_t number_of(std::span<const std::uint8_t> f) {
 namespace {
 using Ms = std::chrono::milliseconds;
 
-std::size_t frames_in(const std::vector<FrameBatch>& batches) {
-    std::size_t n = 0;
-    for (const auto& b : batches) n += b.frames();
-    return n;
+// One pop_all() with a Gather: the frames it returned (in `popped`) and how long it took.
+struct Gathered {
+    std::size_t frames = 0;
+    std::chrono::steady_clock::duration waited{};
+};
+Gathered pop_gathering(FrameBatchQueue& queue, FrameBatchQueue::Gather gather, std::vector<FrameBatch>& popped) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(queue.pop_all(popped, Ms(0), gather));
+    Gathered out;
+    out.waited = std::chrono::steady_clock::now() - t0;
+    for (const auto& b : popped) out.frames += b.frames();
+    return out;
+}
+
+// Pushes frames from..from+n-1; returns how many the queue took. No assertions: producer
+// threads call it (Catch2 asserts on the test's thread only).
+std::size_t push_numbered(FrameBatchQueue& queue, std::uint32_t from, std::uint32_t n) {
+    FrameBatch batch = numbered_frames(from, n);
+    return queue.push(batch);
 }
 }  // namespace
 
 TEST_CASE("frame queue: a wake-up that finds few frames waits for more, at most the gather time",
           "[worker_pool][gather]") {
     FrameBatchQueue queue(1000, 1u << 20);
-    FrameBatch batch = numbered_frames(0, 3);
-    REQUIRE(queue.push(batch) == 3);
+    REQUIRE(push_numbered(queue, 0, 3) == 3);
     std::vector<FrameBatch> popped;
-    const auto t0 = std::chrono::steady_clock::now();
-    REQUIRE(queue.pop_all(popped, Ms(0), {100, 1u << 20, Ms(150)}));
-    const auto waited = std::chrono::steady_clock::now() - t0;
-    CHECK(frames_in(popped) == 3);  // what was there, once the time is up
-    CHECK(waited >= Ms(140));
-    CHECK(waited < Ms(5000));
+    const Gathered got = pop_gathering(queue, {100, 1u << 20, Ms(150)}, popped);
+    CHECK(got.frames == 3);  // what was there, once the time is up
+    CHECK(got.waited >= Ms(140));
+    CHECK(got.waited < Ms(5000));
 }
 
 TEST_CASE("frame queue: the push that completes a gathered batch wakes the worker at once",
           "[worker_pool][gather]") {
     FrameBatchQueue queue(1000, 1u << 20);
-    FrameBatch first = numbered_frames(0, 3);
-    REQUIRE(queue.push(first) == 3);
+    REQUIRE(push_numbered(queue, 0, 3) == 3);
+    std::size_t pushed = 0;
     std::thread producer([&] {
         std::this_thread::sleep_for(Ms(50));
-        FrameBatch few = numbered_frames(3, 10);
-        queue.push(few);  // not enough yet: no wake-up needed
+        pushed += push_numbered(queue, 3, 10);  // not enough yet: no wake-up needed
         std::this_thread::sleep_for(Ms(50));
-        FrameBatch rest = numbered_frames(13, 100);
-        queue.push(rest);
+        pushed += push_numbered(queue, 13, 100);
     });
     std::vector<FrameBatch> popped;
-    const auto t0 = std::chrono::steady_clock::now();
-    REQUIRE(queue.pop_all(popped, Ms(0), {100, 1u << 20, Ms(20000)}));
-    const auto waited = std::chrono::steady_clock::now() - t0;
+    const Gathered got = pop_gathering(queue, {100, 1u << 20, Ms(20000)}, popped);
     producer.join();
-    CHECK(frames_in(popped) == 113);
-    CHECK(waited < Ms(10000));  // woken by the push, not by the 20 s gather time
+    CHECK(pushed == 110);
+    CHECK(got.frames == 113);
+    CHECK(got.waited < Ms(10000));  // woken by the push, not by the 20 s gather time
     std::uint32_t next = 0;
     for (const auto& b : popped)
         for (std::size_t i = 0; i < b.frames(); ++i) CHECK(number_of(b.frame(i)) == next++);
@@ -420,38 +431,32 @@ TEST_CASE("frame queue: the push that completes a gathered batch wakes the worke
 TEST_CASE("frame queue: gathering never waits for more than half the queue's room",
           "[worker_pool][gather]") {
     // A small queue would otherwise fill while the worker waits, and pushes be refused.
-    FrameBatchQueue by_frames(10, 1u << 20);
-    FrameBatch five = numbered_frames(0, 5);
-    REQUIRE(by_frames.push(five) == 5);
     std::vector<FrameBatch> popped;
-    auto t0 = std::chrono::steady_clock::now();
-    REQUIRE(by_frames.pop_all(popped, Ms(0), {2048, 1u << 20, Ms(20000)}));
-    CHECK(frames_in(popped) == 5);
-    CHECK(std::chrono::steady_clock::now() - t0 < Ms(10000));
+    FrameBatchQueue by_frames(10, 1u << 20);
+    REQUIRE(push_numbered(by_frames, 0, 5) == 5);
+    Gathered got = pop_gathering(by_frames, {2048, 1u << 20, Ms(20000)}, popped);
+    CHECK(got.frames == 5);
+    CHECK(got.waited < Ms(10000));
 
     FrameBatchQueue by_bytes(1000, 200);
-    FrameBatch large = numbered_frames(30, 5);  // 34..38 bytes each: 180 of the 200
-    REQUIRE(by_bytes.push(large) == 5);
-    t0 = std::chrono::steady_clock::now();
-    REQUIRE(by_bytes.pop_all(popped, Ms(0), {2048, 1u << 20, Ms(20000)}));
-    CHECK(frames_in(popped) == 5);
-    CHECK(std::chrono::steady_clock::now() - t0 < Ms(10000));
+    REQUIRE(push_numbered(by_bytes, 30, 5) == 5);  // 34..38 bytes each: 180 of the 200
+    got = pop_gathering(by_bytes, {2048, 1u << 20, Ms(20000)}, popped);
+    CHECK(got.frames == 5);
+    CHECK(got.waited < Ms(10000));
 }
 
 TEST_CASE("frame queue: close() ends a gathering wait", "[worker_pool][gather]") {
     FrameBatchQueue queue(1000, 1u << 20);
-    FrameBatch one = numbered_frames(0, 1);
-    REQUIRE(queue.push(one) == 1);
+    REQUIRE(push_numbered(queue, 0, 1) == 1);
     std::thread closer([&] {
         std::this_thread::sleep_for(Ms(50));
         queue.close();
     });
     std::vector<FrameBatch> popped;
-    const auto t0 = std::chrono::steady_clock::now();
-    CHECK(queue.pop_all(popped, Ms(0), {100, 1u << 20, Ms(20000)}));
+    const Gathered got = pop_gathering(queue, {100, 1u << 20, Ms(20000)}, popped);
     closer.join();
-    CHECK(frames_in(popped) == 1);  // what memory held still comes out
-    CHECK(std::chrono::steady_clock::now() - t0 < Ms(10000));
+    CHECK(got.frames == 1);  // what memory held still comes out
+    CHECK(got.waited < Ms(10000));
 }
 
 TEST_CASE("frame queue: frames beyond the memory bound wait in the overflow file and come out in order",
