@@ -353,10 +353,12 @@ metric() {
   curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
     | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
 }
-dropped_total() {
+# metric_sum NAME: the sum of NAME's samples over all their labels (0 when it does not answer).
+metric_sum() {
   curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk '/^dnstap_collector_dropped_total/ { t += $2 } END { print t + 0 }'
+    | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { t += $2 } END { print t + 0 }'
 }
+dropped_total() { metric_sum dnstap_collector_dropped_total; }
 
 # start_capture SOCKET FILE: fstrm_capture as a stand-in receiver, e.g. to check what named
 # really sends (read FILE with dnstap-read afterwards, once stop_capture has run).

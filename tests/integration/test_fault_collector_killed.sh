@@ -20,10 +20,6 @@ GAP=5          # seconds with no collector at all
 M=300          # phase 2: after the restart, all must be stored
 MPORT="$(free_port)"
 
-metric() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
-}
 named_counter() { # named_counter success|dropped
   local s
   s="$(named_dnstap_stats "$NAME")" || { echo 0; return; }

@@ -39,10 +39,6 @@ pg_kill() {
     wait_for "! kill -0 $p" 30 || fail "postgres process $p still alive 30 s after the postmaster was killed"
   done
 }
-metric() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
-}
 
 ROWS="dnstap.exchange WHERE identity = '$NAME' AND qname IS DISTINCT FROM '$PROBE_QNAME'"
 count_rows() { psql_value "SELECT count(*) FROM $ROWS"; }

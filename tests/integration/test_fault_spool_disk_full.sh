@@ -30,10 +30,6 @@ pg_up() {
     start >/dev/null || fail "pg_ctl start failed"
   wait_for "psql_value 'select 1'" 30 || fail "PostgreSQL does not answer after restart"
 }
-metric() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
-}
 
 make_queries "$WORK/queries.txt"
 start_postgres

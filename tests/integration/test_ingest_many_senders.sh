@@ -68,16 +68,12 @@ probe_queries="$(awk -v p="$PROBE_QNAME/" '$3 ~ /Q$/ && index(tolower($NF), p) =
 # --- 2. The collector, two live nameds, and the replay, all at once ------------------------
 start_postgres
 collector_migrate
-METRICS_PORT="$(free_port)"
-start_collector -u "$WORK/dnstap.sock" --postgres "$CONNINFO" --metrics "127.0.0.1:$METRICS_PORT"
-metric() { # metric NAME: sum of the samples of NAME
-  curl -fsS --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" \
-    | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
-}
+MPORT="$(free_port)"
+start_collector -u "$WORK/dnstap.sock" --postgres "$CONNINFO" --metrics "127.0.0.1:$MPORT"
 start_named ns1 127.0.0.1 "$(free_port)" "$COLLECTOR_SOCKET" "${NAMED_OPTS[@]}"
 start_named ns2 127.0.0.1 "$(free_port)" "$COLLECTOR_SOCKET" "${NAMED_OPTS[@]}"
-wait_for '(( $(metric dnstap_collector_connections_active) >= 2 ))' 10 \
-  || fail "both nameds should be connected: connections_active=$(metric dnstap_collector_connections_active)"
+wait_for '(( $(metric_sum dnstap_collector_connections_active) >= 2 ))' 10 \
+  || fail "both nameds should be connected: connections_active=$(metric_sum dnstap_collector_connections_active)"
 
 ns1_before="$(named_success ns1)"
 ns2_before="$(named_success ns2)"
@@ -90,7 +86,7 @@ fstrm_replay -t protobuf:dnstap.Dnstap -u "$COLLECTOR_SOCKET" -r "$CAPFILE" >"$W
 # While the replay runs, three senders share the socket (informational: a replay of a few
 # thousand frames may finish between two samples; the two nameds stay connected throughout).
 for _ in $(seq 1 20); do
-  a="$(metric dnstap_collector_connections_active)"
+  a="$(metric_sum dnstap_collector_connections_active)"
   ((a > replay_active)) && replay_active="$a"
   kill -0 "$p3" 2>/dev/null || break
   sleep 0.05

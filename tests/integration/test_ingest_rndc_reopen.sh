@@ -56,16 +56,12 @@ expect_batch() {
 
 start_postgres
 collector_migrate
-METRICS_PORT="$(free_port)"
-start_collector -u "$WORK/dnstap.sock" --postgres "$CONNINFO" --metrics "127.0.0.1:$METRICS_PORT"
-metric() {
-  curl -fsS --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" \
-    | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
-}
+MPORT="$(free_port)"
+start_collector -u "$WORK/dnstap.sock" --postgres "$CONNINFO" --metrics "127.0.0.1:$MPORT"
 PORT="$(free_port)"
 start_named "$NAME" 127.0.0.1 "$PORT" "$COLLECTOR_SOCKET" "${NAMED_OPTS[@]}"
-wait_for '(( $(metric dnstap_collector_connections_active) == 1 ))' 10 || fail "named did not connect"
-conns0="$(metric dnstap_collector_connections_total)"
+wait_for '(( $(metric_sum dnstap_collector_connections_active) == 1 ))' 10 || fail "named did not connect"
+conns0="$(metric_sum dnstap_collector_connections_total)"
 log "connections_total=$conns0 after named started"
 
 send_batch 1
@@ -80,24 +76,24 @@ reopen_ms=$(((t1 - t0) / 1000000))
 log "rndc dnstap -reopen returned after $reopen_ms ms"
 ((reopen_ms < REOPEN_LIMIT_MS)) || fail "rndc dnstap -reopen took $reopen_ms ms (limit $REOPEN_LIMIT_MS ms): FINISH late?"
 
-wait_for "(( \$(metric dnstap_collector_connections_total) > conns0 && \$(metric dnstap_collector_connections_active) == 1 ))" 10 \
-  || fail "named did not reconnect after the reopen: connections_total=$(metric dnstap_collector_connections_total) active=$(metric dnstap_collector_connections_active)"
+wait_for "(( \$(metric_sum dnstap_collector_connections_total) > conns0 && \$(metric_sum dnstap_collector_connections_active) == 1 ))" 10 \
+  || fail "named did not reconnect after the reopen: connections_total=$(metric_sum dnstap_collector_connections_total) active=$(metric_sum dnstap_collector_connections_active)"
 grep -q 'frames, STOP)' "$WORK/collector.log" || fail "the collector did not log the first connection ending with STOP"
-log "named reconnected: connections_total=$(metric dnstap_collector_connections_total)"
+log "named reconnected: connections_total=$(metric_sum dnstap_collector_connections_total)"
 
 send_batch 2
 expect_batch 2
 
 # --- named restart ---------------------------------------------------------------------
 # shellcheck disable=SC2034 # used inside the wait_for expression below
-conns1="$(metric dnstap_collector_connections_total)"
+conns1="$(metric_sum dnstap_collector_connections_total)"
 stop_named "$NAME"
-wait_for '(( $(metric dnstap_collector_connections_active) == 0 ))' 10 \
-  || fail "the collector still counts $(metric dnstap_collector_connections_active) active connections after named stopped"
+wait_for '(( $(metric_sum dnstap_collector_connections_active) == 0 ))' 10 \
+  || fail "the collector still counts $(metric_sum dnstap_collector_connections_active) active connections after named stopped"
 start_named "$NAME" 127.0.0.1 "$PORT" "$COLLECTOR_SOCKET" "${NAMED_OPTS[@]}"
-wait_for "(( \$(metric dnstap_collector_connections_total) > conns1 && \$(metric dnstap_collector_connections_active) == 1 ))" 10 \
+wait_for "(( \$(metric_sum dnstap_collector_connections_total) > conns1 && \$(metric_sum dnstap_collector_connections_active) == 1 ))" 10 \
   || fail "restarted named did not connect"
-log "restarted named connected: connections_total=$(metric dnstap_collector_connections_total)"
+log "restarted named connected: connections_total=$(metric_sum dnstap_collector_connections_total)"
 
 send_batch 3
 expect_batch 3

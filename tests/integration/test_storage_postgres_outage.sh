@@ -29,10 +29,6 @@ pg_up() {
     start >/dev/null || fail "pg_ctl start failed"
   wait_for "psql_value 'select 1'" 30 || fail "PostgreSQL does not answer after restart"
 }
-metric() { # metric NAME: its value from the collector's /metrics, empty when unreachable
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
-}
 stat_of() { # stat_of FILE NAME: NAME=value from the last stats line of FILE
   grep -E '(^|[^a-z_])stats:' "$1" | tail -n 1 | grep -oE "(^|[[:space:]])$2=[0-9]+" | head -n 1 | cut -d= -f2
 }
