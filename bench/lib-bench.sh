@@ -270,12 +270,3 @@ bench_named_dnstap() {
   d="$(grep -oE '"DNSTAPdropped":[0-9]+' <<<"$json" | head -n 1 | cut -d: -f2 || true)"
   echo "${s:-0} ${d:-0}"
 }
-
-# metric URL NAME: value of a Prometheus metric line (first match; labels allowed in NAME).
-metric() {
-  curl -fsS --max-time 5 "$1" 2>/dev/null | awk -v m="$2" '$1 == m && v == "" { v = $2 } END { if (v != "") print v }'
-}
-# metric_sum URL NAME: the sum of a metric over its labels (e.g. dropped_total by reason).
-metric_sum() {
-  curl -fsS --max-time 5 "$1" 2>/dev/null | awk -v m="$2" 'index($1, m) == 1 { t += $2 } END { print t + 0 }'
-}

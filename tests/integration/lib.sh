@@ -347,16 +347,16 @@ collector_stat() {
     | grep -oE "(^|[[:space:]])$1=[0-9]+" | head -n 1 | cut -d= -f2
 }
 
-# metric NAME: the first sample of NAME on the collector's /metrics at 127.0.0.1:$MPORT (empty
-# when it does not answer); dropped_total: dnstap_collector_dropped_total summed over reasons.
+# metrics_text: the collector's /metrics at 127.0.0.1:$MPORT (nothing when it does not answer).
+# metric NAME: the first sample of NAME (empty when absent or unreachable); metric_sum NAME:
+# NAME's samples summed over all their labels (0 then); dropped_total: metric_sum of
+# dnstap_collector_dropped_total, over reasons. MPORT=PORT metric NAME reads another port.
+metrics_text() { curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null; }
 metric() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
+  metrics_text | awk -v n="$1" '$1 == n && v == "" { v = $2 } END { if (v != "") print v }'  # no early exit: curl would fail writing
 }
-# metric_sum NAME: the sum of NAME's samples over all their labels (0 when it does not answer).
 metric_sum() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$MPORT/metrics" 2>/dev/null \
-    | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { t += $2 } END { print t + 0 }'
+  metrics_text | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { t += $2 } END { print t + 0 }'
 }
 dropped_total() { metric_sum dnstap_collector_dropped_total; }
 
