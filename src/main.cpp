@@ -23,6 +23,7 @@
 #include "dnstap_collector/lookup.hpp"
 #include "dnstap_collector/metrics.hpp"
 #include "dnstap_collector/pipeline.hpp"
+#include "dnstap_collector/senders.hpp"
 #include "dnstap_collector/sinks.hpp"
 
 using namespace dnstap_collector;
@@ -152,17 +153,26 @@ std::string conninfo_of(const Config& c) { return c.postgres ? c.postgres->conni
 int run_serve(Config& config, int argc, char** argv) {
     if (!config.postgres && !config.file && config.pipeline.decode)
         throw ConfigError("serve needs somewhere to store: --postgres CONNINFO and/or -w FILE");
+    if (config.pipeline.storage.yield && (!config.postgres || config.pipeline.overflow_dir.empty()))
+        throw ConfigError("storage_yield needs --postgres and --overflow-dir: frames wait in the overflow files while "
+                          "storage yields");
     if (config.check_only) {
         std::cout << "configuration OK\n";
         return 0;
     }
     Metrics metrics;
+    LocalSenders senders;  // before the stages that use it, so it outlives them
     std::unique_ptr<PostgresSink> postgres;
     std::unique_ptr<FileSink> file;
     std::unique_ptr<WorkerPool> pool;
     SinkSet sinks;
     if (config.postgres) {
         config.postgres->storage = config.pipeline.storage;
+        if (config.pipeline.storage.yield) {
+            config.ingest.senders = &senders;
+            config.postgres->yield_to = &senders;
+            config.postgres->yield_backlog_bytes = config.pipeline.overflow_max_bytes / 2;
+        }
         postgres = std::make_unique<PostgresSink>(*config.postgres, metrics);
         postgres->start();
     }

@@ -39,6 +39,8 @@ struct TcpListenerOptions {
     std::uint16_t port = 0;
 };
 
+class LocalSenders;
+
 struct IngestOptions {
     std::vector<UnixListenerOptions> unix_sockets;
     std::vector<TcpListenerOptions> tcp;
@@ -46,6 +48,7 @@ struct IngestOptions {
     bool systemd_sockets = true;            // also take sockets passed in LISTEN_FDS
     std::size_t max_frame_size = 1 << 20;
     std::chrono::seconds handshake_timeout{10};  // READY/START must come within this
+    LocalSenders* senders = nullptr;        // told of each Unix peer's pid while it is connected
 };
 
 class Ingest {

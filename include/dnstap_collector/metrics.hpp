@@ -69,6 +69,10 @@ struct Metrics {
     // run balances: frames_received + frames_restored == messages_stored + dropped_total
     //                                                    + overflow_frames(at exit) (+ spool change).
     Counter frames_restored{0};
+    // storage_yield: 1 while storage waits for the local senders to stop waiting for a CPU,
+    // and the time it waited in all (milliseconds).
+    Counter storage_yielding{0};
+    Counter storage_yield_ms{0};
 
     void drop(DropReason r, std::uint64_t n = 1) noexcept {
         dropped[static_cast<std::size_t>(r)].fetch_add(n, std::memory_order_relaxed);

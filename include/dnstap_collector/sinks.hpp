@@ -18,6 +18,7 @@ namespace boost::asio { class io_context; }
 namespace dnstap_collector {
 
 struct Metrics;
+class LocalSenders;
 
 // Where decoding, pairing and storing run on a host shared with named: everything after
 // ingest (worker threads, the PostgreSQL writer thread, and the local PostgreSQL backend when
@@ -26,6 +27,9 @@ struct Metrics;
 struct StoragePriority {
     int nice = 0;        // 0-19
     std::string cgroup;  // a cgroup directory (cpu.idle = 1) to join; empty: none
+    // Storage pauses while the local senders (named on this host) wait for a CPU, and frames
+    // wait in overflow files meanwhile: for hosts where named alone can fill the cores.
+    bool yield = false;
     bool active() const noexcept { return nice > 0 || !cgroup.empty(); }
     // For the calling thread; failures are logged.
     void apply_to_this_thread(std::string_view what) const;
@@ -94,6 +98,11 @@ struct PostgresOptions {
     // (or its overflow files) in front of the workers before anything is dropped. Until
     // stop_waiting(). False: the bounded wait (200 ms), then sink_full.
     bool wait_while_writing = true;
+    // storage.yield: whose CPU waits the writer yields to, and from what share (seconds the
+    // senders' threads waited per second; 0.05 = 50 ms a second, summed over threads).
+    LocalSenders* yield_to = nullptr;
+    double yield_threshold = 0.05;
+    std::uint64_t yield_backlog_bytes = ~0ull;  // no yielding once overflow files hold this much
 };
 
 // Applies schema/NNN_*.sql in order under an advisory lock; idempotent; throws

@@ -33,6 +33,7 @@
 #include "dnstap_collector/frame.hpp"
 #include "dnstap_collector/log.hpp"
 #include "dnstap_collector/metrics.hpp"
+#include "dnstap_collector/senders.hpp"
 #include "ingest/socket_setup.hpp"
 
 namespace dnstap_collector {
@@ -87,7 +88,8 @@ struct TcpListener {
 };
 
 struct Connection {
-    Connection(Socket s, std::string p) : socket(std::move(s)), watchdog(socket.get_executor()), peer(std::move(p)) {
+    Connection(Socket s, std::string p, int pid)
+        : socket(std::move(s)), watchdog(socket.get_executor()), peer(std::move(p)), peer_pid(pid) {
         error_code ec;
         kind = socket.local_endpoint(ec).protocol().family() == AF_UNIX ? ConnectionKind::unix_socket : ConnectionKind::tcp;
     }
@@ -95,6 +97,7 @@ struct Connection {
     ConnectionKind kind;
     asio::steady_timer watchdog;
     std::string peer;
+    int peer_pid = 0;  // Unix peers on this host; 0: unknown (TCP)
     bool handshake_done = false;
     bool timed_out = false;
 };
@@ -127,6 +130,23 @@ public:
 private:
     std::list<Connection*>& list_;
     std::list<Connection*>::iterator it_;
+};
+
+// A local sender counts for storage_yield while one of its connections is open.
+class SenderRegistration {
+public:
+    SenderRegistration(LocalSenders* senders, int pid) : senders_(pid > 0 ? senders : nullptr), pid_(pid) {
+        if (senders_) senders_->add(pid_);
+    }
+    ~SenderRegistration() {
+        if (senders_) senders_->remove(pid_);
+    }
+    SenderRegistration(const SenderRegistration&) = delete;
+    SenderRegistration& operator=(const SenderRegistration&) = delete;
+
+private:
+    LocalSenders* senders_;
+    int pid_;
 };
 
 bool allowed(const State& st, const Tcp::endpoint& peer) {
@@ -262,6 +282,7 @@ awaitable<std::string> serve(State& st, Connection& c, std::uint64_t& frames) {
 awaitable<void> session(std::shared_ptr<State> st, std::shared_ptr<Connection> c) {
     if (st->stopping) co_return;  // accepted just before stop(), started after it
     Registration registration(st->connections, c.get());
+    const SenderRegistration sender(st->options.senders, c->peer_pid);
     st->metrics.connections_total.fetch_add(1, std::memory_order_relaxed);
     st->metrics.connections_active.fetch_add(1, std::memory_order_relaxed);
     log::info("connection opened: " + c->peer);
@@ -294,13 +315,18 @@ awaitable<void> session(std::shared_ptr<State> st, std::shared_ptr<Connection> c
     log::info("connection closed: " + c->peer + " (" + std::to_string(frames) + " frames, " + reason + ")");
 }
 
-// Unix peers are anonymous; the sender's pid tells two connections (and two nameds) apart.
-std::string peer_name(const UnixListener& l, UnixProtocol::socket& s) {
+int peer_pid(const UnixListener&, UnixProtocol::socket& s) {
     ucred cred{};
     socklen_t len = sizeof cred;
-    if (::getsockopt(s.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0)
-        return "unix:" + l.path + " (pid " + std::to_string(cred.pid) + ")";
-    return "unix:" + l.path;
+    return ::getsockopt(s.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 ? cred.pid : 0;
+}
+
+int peer_pid(const TcpListener&, Tcp::socket&) { return 0; }
+
+// Unix peers are anonymous; the sender's pid tells two connections (and two nameds) apart.
+std::string peer_name(const UnixListener& l, UnixProtocol::socket& s) {
+    const int pid = peer_pid(l, s);
+    return pid > 0 ? "unix:" + l.path + " (pid " + std::to_string(pid) + ")" : "unix:" + l.path;
 }
 
 std::string peer_name(const TcpListener&, Tcp::socket& s) {
@@ -338,7 +364,8 @@ awaitable<void> accept_loop(std::shared_ptr<State> st, Listener* l) {
             }
             std::string peer = peer_name(*l, socket);
             if (!admit(*st, *l, socket, peer)) continue;  // the socket closes here
-            auto conn = std::make_shared<Connection>(Socket(std::move(socket)), std::move(peer));
+            const int pid = peer_pid(*l, socket);
+            auto conn = std::make_shared<Connection>(Socket(std::move(socket)), std::move(peer), pid);
             asio::co_spawn(st->io, session(st, std::move(conn)), asio::detached);
         }
     } catch (const std::exception& e) {

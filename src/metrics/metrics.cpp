@@ -43,6 +43,7 @@ std::string Metrics::summary() const {
     if (auto n = get(frames_overflowed)) out << " frames_overflowed=" << n;
     if (auto n = get(frames_restored)) out << " frames_restored=" << n;
     if (auto n = get(overflow_frames)) out << " overflow_frames=" << n;
+    if (auto n = get(storage_yield_ms)) out << " storage_yield_ms=" << n;
     for (std::size_t i = 0; i < dropped.size(); ++i) {
         if (auto n = get(dropped[i]))
             out << " dropped_" << to_string(static_cast<DropReason>(i)) << '=' << n;
@@ -101,6 +102,10 @@ std::string Metrics::prometheus() const {
     metric("overflow_frames", "gauge", "Frames waiting in overflow files.", get(overflow_frames));
     metric("frames_overflowed_total", "counter", "Frames that waited in an overflow file.", get(frames_overflowed));
     metric("frames_restored_total", "counter", "Frames left in overflow files by a previous run.", get(frames_restored));
+    metric("storage_yielding", "gauge", "1 while storage waits because a local sender waits for a CPU.", get(storage_yielding));
+    out << "# HELP dnstap_collector_storage_yield_seconds_total Time storage waited for local senders to get their CPU.\n"
+        << "# TYPE dnstap_collector_storage_yield_seconds_total counter\n"
+        << "dnstap_collector_storage_yield_seconds_total " << static_cast<double>(get(storage_yield_ms)) / 1e3 << '\n';
     return out.str();
 }
 

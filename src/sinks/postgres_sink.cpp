@@ -21,6 +21,7 @@
 
 #include "dnstap_collector/log.hpp"
 #include "dnstap_collector/metrics.hpp"
+#include "dnstap_collector/senders.hpp"
 #include "dnstap_collector/sinks.hpp"
 #include "sinks/copy_encoder.hpp"
 #include "sinks/migrations.hpp"
@@ -35,6 +36,7 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr auto consume_wait = 200ms;        // how long consume() waits for room
+constexpr auto yield_sample = 100ms;        // storage.yield: how often the senders are looked at
 constexpr auto backoff_min = 100ms;
 constexpr auto backoff_max = 10'000ms;
 constexpr auto maintenance_every = std::chrono::hours(1);
@@ -177,6 +179,8 @@ struct PostgresSink::Impl {
     bool lost_logged = false;
     Clock::time_point next_maintenance{};
     log::RateLimit reject_log{std::chrono::seconds(10)};
+    Clock::time_point next_yield_sample{};
+    bool yielding = false;
     // The transaction being streamed (writer thread): its batches, kept until COMMIT, and the
     // pdns aggregate merged over all of them.
     struct Txn {
@@ -736,11 +740,54 @@ struct PostgresSink::Impl {
         has_room.notify_all();
     }
 
+    // storage.yield: whether the local senders waited for a CPU lately (sampled every
+    // yield_sample). Never while closing or once the overflow backlog reaches its bound.
+    bool should_yield() {
+        if (!opt.yield_to) return false;
+        {
+            std::lock_guard lock(mu);
+            if (closing) return false;
+        }
+        const auto now = Clock::now();
+        if (now >= next_yield_sample) {
+            next_yield_sample = now + yield_sample;
+            const double share = opt.yield_to->cpu_wait_share(now);
+            yielding = share >= opt.yield_threshold &&
+                       metrics.overflow_bytes.load(std::memory_order_relaxed) < opt.yield_backlog_bytes;
+            metrics.storage_yielding.store(yielding ? 1 : 0, std::memory_order_relaxed);
+        }
+        return yielding;
+    }
+
+    // Commits what the open transaction holds, then sends nothing until the next sample; the
+    // queue and the pool's overflow files take the frames meanwhile.
+    void yield() {
+        const auto t0 = Clock::now();
+        try {
+            if (txn.active()) end_txn();
+            if (!txn.active() && !held_pdns.empty()) flush_held_pdns();
+        } catch (const std::exception& e) {
+            log::error(std::string("postgres writer: ") + e.what());
+            reset_txn();
+            conn.reset();
+        }
+        {
+            std::unique_lock lock(mu);
+            has_rows.wait_until(lock, next_yield_sample, [&] { return closing; });
+        }
+        metrics.storage_yield_ms.fetch_add(static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count()), std::memory_order_relaxed);
+    }
+
     // Writer thread: queued rows -> database (or spool), maintenance in between transactions.
     void run() {
         log::name_thread("pg-writer");
         opt.storage.apply_to_this_thread("the PostgreSQL writer");
         for (;;) {
+            if (should_yield()) {
+                yield();
+                continue;
+            }
             bool finished = false;
             auto idle = spool && !spool->empty() ? 100ms : 1000ms;
             auto until = txn.active() ? txn.commit_at : Clock::now() + idle;

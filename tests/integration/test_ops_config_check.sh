@@ -9,7 +9,8 @@
 #   4. [privacy] exclude_kinds = ["client"] (config file): no client rows, the client messages
 #      (CQ/CR as dnstap-read counts them in the -w file) counted in dropped_filtered, the other
 #      exchanges stored and paired;
-#   5. --check refuses what serve refuses at start (metrics address, tcp_allow entries).
+#   5. --check refuses what serve refuses at start (metrics address, tcp_allow entries,
+#      --storage-yield without overflow files to hold the frames).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_cmd named named-checkconf dig dnstap-read
 [[ -f "$SOURCE_DIR/deploy/config.example.toml" ]] || fail "deploy/config.example.toml missing"
@@ -80,6 +81,7 @@ check_rejects "a missing config file" "$WORK/nonexistent.toml" --config "$WORK/n
 check_rejects "--partition week" "--partition" --config "$WORK/good.toml" --partition week
 check_rejects "an unknown flag" "--no-such-flag" --config "$WORK/good.toml" --no-such-flag
 check_rejects "--exclude-kind bogus" "--exclude-kind" --config "$WORK/good.toml" --exclude-kind bogus
+check_rejects "--storage-yield without --overflow-dir" "--overflow-dir" --config "$WORK/good.toml" --storage-yield
 
 # ---------------------------------------------------------------------------------------
 # 3 + 4: privacy end to end, with a real resolver in front of a real authoritative server.

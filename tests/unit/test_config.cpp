@@ -121,6 +121,7 @@ overflow_dir = "/var/lib/dnstap-collector/overflow"
 overflow_max_bytes = 1073741824
 storage_nice = 19
 storage_cgroup = "/sys/fs/cgroup/cpu/dnstap-storage"
+storage_yield = true
 )");
     auto c = parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--config", file});
     std::remove(file.c_str());
@@ -128,13 +129,16 @@ storage_cgroup = "/sys/fs/cgroup/cpu/dnstap-storage"
     CHECK(c.pipeline.overflow_max_bytes == (1ull << 30));
     CHECK(c.pipeline.storage.nice == 19);
     CHECK(c.pipeline.storage.cgroup == "/sys/fs/cgroup/cpu/dnstap-storage");
+    CHECK(c.pipeline.storage.yield);
     CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-nice", "5"}).pipeline.storage.nice == 5);
     CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-nice", "20"}),
                       Catch::Contains("storage nice"));
     CHECK_THROWS_WITH(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--overflow-max-bytes", "1000"}),
                       Catch::Contains("overflow max bytes"));
-    // Defaults: no overflow files, normal priority (what serve did before these options).
+    CHECK(parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x", "--storage-yield"}).pipeline.storage.yield);
+    // Defaults: no overflow files, normal priority, no yielding (what serve did before these options).
     auto d = parse({"serve", "-u", "/run/a.sock", "--postgres", "dbname=x"});
     CHECK(d.pipeline.overflow_dir.empty());
     CHECK(d.pipeline.storage.nice == 0);
+    CHECK_FALSE(d.pipeline.storage.yield);
 }
