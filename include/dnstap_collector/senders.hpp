@@ -26,7 +26,8 @@ public:
 
     // Seconds the senders' threads spent runnable but not running, per second of wall time,
     // since the previous call (summed over threads: 0.5 is half a core's worth of waiting).
-    // The first call after a sender appears only starts its count.
+    // The first call after a sender appears only starts its count. A sender whose /proc entry
+    // cannot be read (ProtectProc=invisible, hidepid) counts as not waiting, with a warning.
     double cpu_wait_share(Clock::time_point now = Clock::now());
 
     // Nanoseconds the threads of `pid` have waited for a CPU since they started (the second
@@ -37,6 +38,7 @@ private:
     struct Sender {
         int connections = 0;
         std::int64_t last_delay_ns = -1;  // -1: not sampled yet
+        bool unseen_logged = false;       // its /proc entry could not be read, said once
     };
     std::filesystem::path proc_;
     mutable std::mutex mu_;

@@ -1,9 +1,11 @@
+#include "dnstap_collector/senders.hpp"
+
 #include <fstream>
 #include <string>
 #include <system_error>
 #include <vector>
 
-#include "dnstap_collector/senders.hpp"
+#include "dnstap_collector/log.hpp"
 
 namespace dnstap_collector {
 
@@ -59,6 +61,12 @@ double LocalSenders::cpu_wait_share(Clock::time_point now) {
     for (std::size_t i = 0; i < pids.size(); ++i) {
         const auto it = senders_.find(pids[i]);
         if (it == senders_.end()) continue;
+        if (delays[i] < 0 && !it->second.unseen_logged) {
+            it->second.unseen_logged = true;
+            log::warning("storage_yield: cannot read " + (proc_ / std::to_string(pids[i]) / "task").string() +
+                         " (the sender's threads): storage does not see this sender wait; is /proc hidden "
+                         "(systemd ProtectProc=invisible, mount option hidepid)?");
+        }
         // A thread that exited takes its delay along: a lower total starts a new count.
         if (it->second.last_delay_ns >= 0 && delays[i] >= it->second.last_delay_ns)
             waited_s += static_cast<double>(delays[i] - it->second.last_delay_ns) / 1e9;
